@@ -1,0 +1,40 @@
+# myocohort: `make demo` and `make test` work from a clean clone (they run `make setup` first
+# when .venv is missing).
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+DEMO_DIR ?= demo
+DEMO_N ?= 20
+PYTEST_ARGS ?=
+
+.PHONY: setup setup-gpu test demo lint bench clean
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (set PYTHON=...)"; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	# torch==2.13.0 comes from the constraints file: any other spec pulls GBs of CUDA wheels
+	$(PIP) install --quiet -c constraints.txt -e ".[test]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+# GPU machines only: dask-cuda (pins dask/distributed) and CuPy for CUDA 12.
+setup-gpu: setup
+	$(PIP) install -c constraints.txt -e ".[gpu]"
+
+test: setup
+	$(PY) -m pytest -q -ra $(PYTEST_ARGS)
+
+demo: setup
+	$(VENV)/bin/myocohort demo --out $(DEMO_DIR) --participants $(DEMO_N)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+bench: setup
+	$(PY) -m benchmarks --out bench-results
+
+clean:
+	rm -rf $(DEMO_DIR) bench-results .pytest_cache
