@@ -1,0 +1,465 @@
+"""The cohort store: one Zarr v3 group per participant on a local filesystem.
+
+Layout and attributes are fixed by :mod:`schemas.layout`.  This module is the only code that
+touches the store's files; every stage reads and writes through it.
+
+Guarantees
+----------
+* **Atomic groups.**  :func:`write_group` writes a whole participant group under a temporary
+  name (``schemas.layout.TMP_PREFIX``) beside its final place and renames it into place only
+  when every array and attribute is on disk.  A group being replaced is moved aside, the new
+  one moved in, then the old one deleted.  Readers therefore see either the old group or the
+  new one, never a half-written one; :func:`participant_ids` ignores temporary names, so a
+  crashed task leaves only invisible debris (removed by the next write of that participant).
+* **Atomic arrays.**  :func:`write_array` adds or replaces one array of an existing group the
+  same way (temporary name inside the group folder, then rename).
+* **Whole shards.**  Arrays are chunked by ``CHUNK_SHAPE`` (3-D access) inside shards of
+  ``SHARD_SHAPE``, both clipped to the array's shape.  One task always writes an array whole,
+  so no shard is ever written by two tasks: partial-shard writes from several tasks race on
+  the shard's read-modify-write and silently lose data.
+* **Compression.**  Blosc with the zstd compressor and byte shuffle (``clevel`` 5) inside each
+  shard: zstd on byte-shuffled float32 compresses MR magnitudes far better than plain zstd.
+* **Viewers.**  Every image array is also described by OME-Zarr 0.5 (NGFF) ``multiscales``
+  metadata under ``attrs["ome"]`` (axes ``x, y, z`` in mm, scale = voxel spacing,
+  translation = the world position of voxel 0), so napari (napari-ome-zarr) or neuroglancer can
+  open it.  NGFF 0.5 has no rotation: for an oblique acquisition the exact affine is the one
+  in ``attrs["myocohort"]["affine"]``.
+
+``store`` arguments are a path (``str`` or :class:`~pathlib.Path`) to the store folder;
+everything sent to Dask workers is therefore a plain path and pickles.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from schemas import SCHEMA_VERSION
+from schemas.layout import (
+    ARRAY_DTYPES,
+    ATTRS_KEY,
+    CHUNK_SHAPE,
+    FF_ARRAY,
+    IMAGE_ARRAYS,
+    SHARD_SHAPE,
+    TMP_PREFIX,
+    GroupAttrs,
+)
+from schemas.manifest import check_participant_id
+
+if TYPE_CHECKING:
+    import dask.array
+
+log = logging.getLogger(__name__)
+
+#: Axis names of every stored 3-D array (array axis 0 -> x = Right, 1 -> y = Anterior,
+#: 2 -> z = Superior), also the Zarr ``dimension_names``.
+DIMENSION_NAMES: tuple[str, str, str] = ("x", "y", "z")
+#: Arrays described by OME-Zarr multiscales metadata (continuous images).
+OME_ARRAYS: tuple[str, ...] = (*IMAGE_ARRAYS, FF_ARRAY)
+OME_VERSION = "0.5"
+_ZARR_JSON = "zarr.json"
+_ARRAY_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+#: Label arrays may be uint8 or uint16 (schemas.layout names uint8 the default).
+_LABEL_DTYPES = ("uint8", "uint16")
+
+
+# --------------------------------------------------------------------------------------------
+# paths and small helpers
+
+
+def _root(store: str | Path) -> Path:
+    return Path(store)
+
+
+def _group_dir(store: str | Path, pid: str) -> Path:
+    check_participant_id(pid)
+    return _root(store) / pid
+
+
+def _check_array_name(name: str) -> str:
+    if not isinstance(name, str) or not _ARRAY_NAME_RE.match(name):
+        raise ValueError(
+            f"array name {name!r} must start with a letter or digit and contain only "
+            "letters, digits, '-' or '_' (at most 64 characters)"
+        )
+    return name
+
+
+def _tmp_name(label: str) -> str:
+    return f"{TMP_PREFIX}{label}-{uuid.uuid4().hex[:12]}"
+
+
+def _debris(folder: Path, label: str) -> list[Path]:
+    """Temporary folders named by :func:`_tmp_name` for exactly ``label`` (or ``old-label``)."""
+    pat = re.compile(rf"^{re.escape(TMP_PREFIX)}(old-)?{re.escape(label)}-[0-9a-f]{{12}}$")
+    return [p for p in folder.iterdir() if pat.match(p.name)] if folder.is_dir() else []
+
+
+def _read_json(path: Path) -> dict:
+    with path.open() as fh:
+        return json.load(fh)
+
+
+def _write_json_atomic(path: Path, doc: dict) -> None:
+    """Write ``doc`` to ``path`` through a temporary file and ``os.replace`` (atomic on POSIX)."""
+    tmp = path.with_name(_tmp_name(path.name))
+    try:
+        with tmp.open("w") as fh:
+            json.dump(doc, fh, indent=2, allow_nan=False)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    """Move the complete folder ``tmp`` to ``final``; an existing ``final`` is moved aside
+    first and deleted only after the new one is in place."""
+    old = None
+    if final.exists():
+        old = final.with_name(_tmp_name(f"old-{final.name}"))
+        os.replace(final, old)
+    try:
+        os.replace(tmp, final)
+    except BaseException:
+        if old is not None and not final.exists():
+            os.replace(old, final)  # put the old one back rather than lose it
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def ensure_store(store: str | Path) -> Path:
+    """Create the store's root group (``attrs["myocohort"] = {schema_version, kind}``) if it
+    does not exist yet; return the store path.  Safe to call from several tasks at once."""
+    root = _root(store)
+    meta = root / _ZARR_JSON
+    if meta.is_file():
+        return root
+    if root.exists() and any(p for p in root.iterdir() if not p.name.startswith(".")):
+        if not meta.is_file():
+            raise ValueError(f"store {root}: folder exists, is not empty and is not a Zarr store")
+    root.mkdir(parents=True, exist_ok=True)
+    doc = {
+        "zarr_format": 3,
+        "node_type": "group",
+        "attributes": {ATTRS_KEY: {"schema_version": SCHEMA_VERSION, "kind": "cohort"}},
+    }
+    _write_json_atomic(meta, doc)
+    return root
+
+
+def chunking(shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(chunk shape, shard shape) for an array of ``shape`` (voxels).
+
+    Chunks are ``CHUNK_SHAPE`` clipped to the array; shards are ``SHARD_SHAPE`` clipped to the
+    array rounded up to whole chunks (a shard is always a whole number of chunks).
+    """
+    if len(shape) != 3:
+        raise ValueError(f"arrays in the store are 3-D; got shape {tuple(shape)}")
+    if any(int(s) <= 0 for s in shape):
+        raise ValueError(f"array shape {tuple(shape)} has an empty axis")
+    chunks = tuple(min(int(c), int(s)) for c, s in zip(CHUNK_SHAPE, shape, strict=True))
+    shards = tuple(
+        min(int(sh), -(-int(s) // c) * c) for sh, s, c in zip(SHARD_SHAPE, shape, chunks, strict=True)
+    )
+    shards = tuple(max(c, (sh // c) * c) for sh, c in zip(shards, chunks, strict=True))
+    return chunks, shards
+
+
+def _compressor():
+    from zarr.codecs import BloscCodec
+
+    return BloscCodec(cname="zstd", clevel=5, shuffle="shuffle")
+
+
+def _as_stored_dtype(name: str, array: np.ndarray, pid: str) -> np.ndarray:
+    """Cast to the layout's dtype for ``name``; refuse casts that would change values."""
+    array = np.asarray(array)
+    if name == "labels":
+        if array.dtype.name in _LABEL_DTYPES:
+            return array
+        if array.dtype.kind not in "iuf" and array.dtype != np.bool_:
+            raise ValueError(f"participant {pid}: labels have dtype {array.dtype}")
+        if array.dtype.kind == "f" and not (
+            np.all(np.isfinite(array)) and np.array_equal(array, np.round(array))
+        ):
+            raise ValueError(f"participant {pid}: labels are not finite integers")
+        lo, hi = (int(array.min()), int(array.max())) if array.size else (0, 0)
+        if lo < 0 or hi > np.iinfo(np.uint16).max:
+            raise ValueError(f"participant {pid}: label values {lo}..{hi} outside 0..65535")
+        return array.astype(np.uint8 if hi <= 255 else np.uint16)
+    dtype = ARRAY_DTYPES.get(name)
+    if dtype is None:
+        return array
+    return array.astype(dtype, copy=False)
+
+
+def _create_array(path: Path, data: np.ndarray) -> None:
+    """Write ``data`` as a standalone Zarr v3 array rooted at folder ``path`` (whole shards)."""
+    import zarr
+    from zarr.storage import LocalStore
+
+    chunks, shards = chunking(data.shape)
+    fill = 0 if data.dtype.kind in "iu" else 0.0
+    arr = zarr.create_array(
+        store=LocalStore(path),
+        shape=data.shape,
+        dtype=data.dtype,
+        chunks=chunks,
+        shards=shards,
+        compressors=_compressor(),
+        fill_value=fill,
+        dimension_names=DIMENSION_NAMES,
+        zarr_format=3,
+        overwrite=True,
+    )
+    arr[...] = np.ascontiguousarray(data)
+
+
+def ome_metadata(names: list[str] | tuple[str, ...], affine) -> dict:
+    """OME-Zarr 0.5 ``attrs["ome"]``: one single-level multiscale image per image array.
+
+    Scale = voxel spacing (mm, the column norms of the affine); translation = world position
+    (mm) of voxel (0, 0, 0).  Axes are named like the arrays' ``dimension_names``.
+    """
+    a = np.asarray(affine, dtype=float)
+    spacing = [float(v) for v in np.linalg.norm(a[:3, :3], axis=0)]
+    origin = [float(v) for v in a[:3, 3]]
+    axes = [{"name": n, "type": "space", "unit": "millimeter"} for n in DIMENSION_NAMES]
+    multiscales = []
+    for name in [n for n in OME_ARRAYS if n in names]:
+        multiscales.append({
+            "name": name,
+            "axes": axes,
+            "datasets": [{
+                "path": name,
+                "coordinateTransformations": [
+                    {"type": "scale", "scale": spacing},
+                    {"type": "translation", "translation": origin},
+                ],
+            }],
+        })
+    return {"version": OME_VERSION, "multiscales": multiscales}
+
+
+def _group_doc(attrs_json: dict, names) -> dict:
+    doc_attrs: dict[str, Any] = {ATTRS_KEY: attrs_json}
+    ome = ome_metadata(list(names), attrs_json["affine"])
+    if ome["multiscales"]:
+        doc_attrs["ome"] = ome
+    return {"zarr_format": 3, "node_type": "group", "attributes": doc_attrs}
+
+
+def _array_names(gdir: Path) -> list[str]:
+    return sorted(
+        p.name for p in gdir.iterdir()
+        if p.is_dir() and not p.name.startswith(".") and (p / _ZARR_JSON).is_file()
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# public API
+
+
+def participant_ids(store: str | Path) -> list[str]:
+    """Ids of the complete participant groups in ``store``, sorted.
+
+    Temporary (in-progress or abandoned) groups are never listed.  A store that does not exist
+    yet has no participants.
+    """
+    root = _root(store)
+    if not root.is_dir():
+        return []
+    out = []
+    for p in root.iterdir():
+        if p.name.startswith(".") or not p.is_dir():
+            continue
+        meta = p / _ZARR_JSON
+        if not meta.is_file():
+            continue
+        try:
+            doc = _read_json(meta)
+        except (OSError, ValueError):
+            continue
+        if doc.get("node_type") == "group" and ATTRS_KEY in doc.get("attributes", {}):
+            out.append(p.name)
+    return sorted(out)
+
+
+def _group_meta(store: str | Path, pid: str) -> tuple[Path, dict]:
+    gdir = _group_dir(store, pid)
+    meta = gdir / _ZARR_JSON
+    if not meta.is_file():
+        raise KeyError(f"participant {pid}: no group in store {_root(store)}")
+    return meta, _read_json(meta)
+
+
+def read_attrs(store: str | Path, pid: str) -> GroupAttrs:
+    """The participant's :class:`~schemas.layout.GroupAttrs`.
+
+    Raises
+    ------
+    KeyError
+        when the store has no (complete) group for ``pid``.
+    """
+    _, doc = _group_meta(store, pid)
+    return GroupAttrs.from_json(doc["attributes"][ATTRS_KEY])
+
+
+def has_array(store: str | Path, pid: str, name: str) -> bool:
+    """True when participant ``pid`` has a complete array ``name``."""
+    _check_array_name(name)
+    gdir = _group_dir(store, pid)
+    return (gdir / _ZARR_JSON).is_file() and (gdir / name / _ZARR_JSON).is_file()
+
+
+def _open_zarr(store: str | Path, pid: str, name: str):
+    import zarr
+    from zarr.storage import LocalStore
+
+    if not has_array(store, pid, name):
+        raise KeyError(f"participant {pid}: no array {name!r} in store {_root(store)}")
+    return zarr.open_array(LocalStore(_group_dir(store, pid) / name, read_only=True), mode="r")
+
+
+def read_array(store: str | Path, pid: str, name: str) -> np.ndarray:
+    """Array ``name`` of participant ``pid``, read whole into memory (NumPy)."""
+    return _open_zarr(store, pid, name)[...]
+
+
+def open_array(store: str | Path, pid: str, name: str) -> dask.array.Array:
+    """Array ``name`` of participant ``pid`` as a lazy dask array chunked like the stored
+    (inner) chunks.  The graph holds only the zarr array (store path + metadata), so it
+    pickles and can be sent to workers."""
+    import dask.array as da
+
+    z = _open_zarr(store, pid, name)
+    return da.from_zarr(z, chunks=z.chunks)
+
+
+def write_group(
+    store: str | Path, pid: str, arrays: dict[str, np.ndarray], attrs: GroupAttrs
+) -> None:
+    """Write participant ``pid``'s whole group atomically, replacing any old group.
+
+    Parameters
+    ----------
+    store : store path (created when missing).
+    pid : participant id; must equal ``attrs.participant_id``.
+    arrays : name -> 3-D array, all of shape ``attrs.shape``.  Known names are cast to the
+        layout's dtypes (float32 images, uint8/uint16 labels).
+    attrs : the group's attributes (stored under ``attrs["myocohort"]``).
+    """
+    check_participant_id(pid)
+    if attrs.participant_id != pid:
+        raise ValueError(f"participant {pid}: attrs are for participant {attrs.participant_id!r}")
+    if not arrays:
+        raise ValueError(f"participant {pid}: no arrays to write")
+    shape = tuple(int(s) for s in attrs.shape)
+    prepared = {}
+    for name, arr in arrays.items():
+        _check_array_name(name)
+        arr = _as_stored_dtype(name, arr, pid)
+        if arr.shape != shape:
+            raise ValueError(
+                f"participant {pid}: array {name!r} has shape {arr.shape}, group shape is {shape}"
+            )
+        prepared[name] = arr
+    root = ensure_store(store)
+    final = root / pid
+    _remove_debris(root, pid)
+    tmp = root / _tmp_name(pid)
+    try:
+        tmp.mkdir()
+        for name, arr in prepared.items():
+            _create_array(tmp / name, arr)
+        _write_json_atomic(tmp / _ZARR_JSON, _group_doc(attrs.to_json(), prepared))
+        _replace_dir(tmp, final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    log.debug("participant %s: wrote group with arrays %s", pid, sorted(prepared))
+
+
+def _remove_debris(root: Path, pid: str) -> None:
+    """Delete temporary groups a crashed earlier write of ``pid`` left behind."""
+    for p in _debris(root, pid):
+        shutil.rmtree(p, ignore_errors=True)
+
+
+def write_array(
+    store: str | Path,
+    pid: str,
+    name: str,
+    array: np.ndarray,
+    attrs_update: dict | None = None,
+) -> None:
+    """Add or replace one array of an existing group atomically.
+
+    The array is written whole (every shard by this one call) under a temporary name inside
+    the group folder, then renamed into place; ``attrs_update`` (if given) is then merged into
+    ``attrs["myocohort"]``.
+
+    Raises
+    ------
+    KeyError
+        when the group does not exist.
+    ValueError
+        when the array's shape differs from the group's.
+    """
+    _check_array_name(name)
+    meta, doc = _group_meta(store, pid)
+    gdir = meta.parent
+    shape = tuple(int(s) for s in doc["attributes"][ATTRS_KEY]["shape"])
+    arr = _as_stored_dtype(name, array, pid)
+    if arr.shape != shape:
+        raise ValueError(
+            f"participant {pid}: array {name!r} has shape {arr.shape}, group shape is {shape}"
+        )
+    for p in _debris(gdir, name):
+        shutil.rmtree(p, ignore_errors=True)
+    tmp = gdir / _tmp_name(name)
+    try:
+        _create_array(tmp, arr)
+        _replace_dir(tmp, gdir / name)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    # refresh the OME listing (and merge the caller's keys) in one atomic metadata write
+    update_attrs(store, pid, attrs_update or {})
+
+
+def update_attrs(store: str | Path, pid: str, extra: dict) -> None:
+    """Merge ``extra`` into participant ``pid``'s ``attrs["myocohort"]`` (atomic rewrite of the
+    group's ``zarr.json``).  Values must be JSON-serialisable (no NaN)."""
+    meta, doc = _group_meta(store, pid)
+    attrs_json = dict(doc["attributes"][ATTRS_KEY])
+    attrs_json.update(extra)
+    GroupAttrs.from_json(attrs_json)  # still valid?
+    other = {k: v for k, v in doc["attributes"].items() if k not in (ATTRS_KEY, "ome")}
+    new_doc = _group_doc(attrs_json, _array_names(meta.parent))
+    new_doc["attributes"].update(other)
+    _write_json_atomic(meta, new_doc)
+
+
+def delete_group(store: str | Path, pid: str) -> None:
+    """Remove participant ``pid``'s group (moved to a temporary name first, so it vanishes
+    from :func:`participant_ids` at once)."""
+    gdir = _group_dir(store, pid)
+    if not gdir.exists():
+        return
+    old = gdir.with_name(_tmp_name(f"old-{pid}"))
+    os.replace(gdir, old)
+    shutil.rmtree(old, ignore_errors=True)
