@@ -1,0 +1,73 @@
+"""The small interface every cluster backend implements."""
+
+from __future__ import annotations
+
+import abc
+import logging
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, ClassVar
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+    from cluster.profile import Profile
+
+log = logging.getLogger(__name__)
+
+
+class ClusterUnavailable(RuntimeError):
+    """The backend cannot start here (no GPU, no SLURM, a missing optional package)."""
+
+
+class ClusterBackend(abc.ABC):
+    """Where the work runs.
+
+    Subclasses set :attr:`name` and :attr:`description` and implement :meth:`render` (what
+    would be started, as text, starting nothing) and :meth:`client` (a context manager that
+    starts the cluster, yields a connected ``distributed.Client`` and tears everything down).
+    """
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    #: whether :meth:`render` shows something a scheduler system would run (a job script, a
+    #: manifest) rather than a summary of Python arguments
+    renders_artifact: ClassVar[bool] = False
+
+    def __init__(self, profile: Profile) -> None:
+        if profile.backend != self.name:
+            raise ValueError(f"profile {profile.name!r} is for backend {profile.backend!r}, "
+                             f"not {self.name!r}")
+        self.profile = profile
+
+    @abc.abstractmethod
+    def render(self) -> str:
+        """What this profile would start (job script, manifest, arguments), starting nothing."""
+
+    @abc.abstractmethod
+    def client(self) -> AbstractContextManager[Client]:
+        """Start the cluster; yield a connected client; close both on exit."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(profile={self.profile.name!r})"
+
+
+def wait_for_workers(client: Client, n: int, timeout: float, what: str) -> None:
+    """Wait until ``n`` workers joined, with an error that says what did not start."""
+    try:
+        client.wait_for_workers(n, timeout=timeout)
+    except TimeoutError as e:
+        have = len(client.scheduler_info(n_workers=-1).get("workers", {}))
+        raise ClusterUnavailable(
+            f"{what}: {have} of {n} worker(s) joined within {timeout:.0f} s"
+        ) from e
+
+
+def close_quietly(*objs: object) -> None:
+    """Close clients/clusters in order, logging (not raising) errors so the real one shows."""
+    for obj in objs:
+        if obj is None:
+            continue
+        try:
+            obj.close()  # type: ignore[attr-defined]
+        except Exception:  # closing must not mask the real error
+            log.debug("closing %r failed", obj, exc_info=True)

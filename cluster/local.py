@@ -1,0 +1,59 @@
+"""``local``: a ``distributed.LocalCluster`` of worker processes on this machine."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from cluster.base import ClusterBackend, close_quietly
+from cluster.security import make_security
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+log = logging.getLogger(__name__)
+
+
+class LocalBackend(ClusterBackend):
+    """Worker processes on this machine (one per core by default); no TLS unless asked."""
+
+    name: ClassVar[str] = "local"
+    description: ClassVar[str] = "distributed.LocalCluster on this machine (default)"
+
+    def cluster_kwargs(self) -> dict[str, Any]:
+        p = self.profile
+        kwargs: dict[str, Any] = {
+            "n_workers": p.n_workers,
+            "threads_per_worker": p.threads_per_worker,
+            "processes": True,
+            "memory_limit": p.memory_limit,
+            "dashboard_address": p.dashboard_address,
+            "host": "127.0.0.1",
+        }
+        if p.resources:
+            kwargs["resources"] = p.resources
+        return kwargs
+
+    def render(self) -> str:
+        kwargs = {k: v for k, v in self.cluster_kwargs().items() if v is not None}
+        kwargs["tls"] = "on" if self.profile.tls_enabled else "off"
+        return "# distributed.LocalCluster(**kwargs)\n" + json.dumps(kwargs, indent=2) + "\n"
+
+    @contextmanager
+    def client(self) -> Iterator[Client]:
+        from distributed import Client, LocalCluster
+
+        kwargs = {k: v for k, v in self.cluster_kwargs().items() if v is not None}
+        security = make_security(self.profile)
+        if security is not None:
+            kwargs.update(security=security, protocol="tls://")
+        cluster = LocalCluster(**kwargs)
+        client = None
+        try:
+            client = Client(cluster, security=security)
+            yield client
+        finally:
+            close_quietly(client, cluster)
