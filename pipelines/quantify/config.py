@@ -1,0 +1,115 @@
+"""Settings of the quantify stage (one frozen value object, passed down from ``jobs/``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from schemas.vocabulary import MUSCLE_NAMES
+
+Normalisation = Literal["bmi", "height2", "none"]
+Device = Literal["cpu", "gpu", "auto"]
+Method = Literal["auto", "whole", "chunked"]
+
+NORMALISATIONS: tuple[str, ...] = ("bmi", "height2", "none")
+DEVICES: tuple[str, ...] = ("cpu", "gpu", "auto")
+METHODS: tuple[str, ...] = ("auto", "whole", "chunked")
+
+
+@dataclass(frozen=True)
+class QuantifyConfig:
+    """How fat fraction and muscle metrics are computed (definitions: docs/quantify.md).
+
+    Parameters
+    ----------
+    signal_floor_fraction : a voxel is low-signal when ``W + F`` is below this fraction of the
+        ``signal_floor_percentile``-th percentile of ``W + F`` over the participant's whole
+        volume (dimensionless, default 0.05).
+    signal_floor_percentile : the percentile (0-100) the floor refers to (default 99).
+    fat_threshold : voxel fat fraction (0-1) from which a valid muscle voxel counts as InterMAT;
+        below it the voxel is lean (default 0.5).
+    mercuri_thresholds : four increasing fat-replaced fractions (0-1); the grade is the number of
+        thresholds the muscle's fraction reaches (default 0.05, 0.10, 0.30, 0.60).
+    normalisation : denominator of ``lmm_index``: ``"bmi"`` (kg/m2), ``"height2"`` (m2) or
+        ``"none"`` (``lmm_index = lmm_cm3``).
+    device : ``"cpu"`` (NumPy), ``"gpu"`` (CuPy; fails when no usable GPU) or ``"auto"`` (GPU when
+        CuPy and a device are usable, else CPU).
+    method : ``"whole"`` reads a participant's arrays whole into memory; ``"chunked"`` reduces
+        the stored chunks one by one with Dask's synchronous scheduler (bounded memory);
+        ``"auto"`` (default) is ``"whole"`` up to ``max_whole_voxels`` voxels, else ``"chunked"``.
+    max_whole_voxels : the ``"auto"`` switch point (voxels). Whole-array quantification holds
+        about 21 bytes per voxel (water, fat, labels, ff); the default 32 M voxels is < 0.7 GB.
+    histogram_bins : fat-fraction bins per class and muscle of the median histogram (any value
+        gives exact medians; more bins = smaller refinement pass, larger accumulators).
+    slab_voxels : the whole-array kernel works through the arrays in flat slabs of this many
+        voxels so its temporaries stay in CPU cache (CuPy arrays are processed in one slab).
+    swap_ff, swap_fraction : a muscle whose share of valid voxels with ``ff >= swap_ff``
+        exceeds ``swap_fraction`` raises the suspected water-fat swap flag.
+    ipop_tolerance : with in-phase and opposed-phase images, the swap flag is also raised when
+        ``mean|IP - (W + F)|`` or ``mean|OP - |W - F||`` over valid muscle voxels exceeds this
+        fraction of ``mean(W + F)``.
+    max_low_signal_fraction : the low-signal flag is raised when more than this fraction of the
+        muscle voxels is low-signal.
+    expected_muscles : muscles the labels should contain; absent ones are listed in
+        ``qc_missing_muscles`` (default: all 18 of the vocabulary).
+    write_ff : store the fat-fraction map ``ff`` in the participant's group.
+    """
+
+    signal_floor_fraction: float = 0.05
+    signal_floor_percentile: float = 99.0
+    fat_threshold: float = 0.5
+    mercuri_thresholds: tuple[float, float, float, float] = (0.05, 0.10, 0.30, 0.60)
+    normalisation: Normalisation = "bmi"
+    device: Device = "auto"
+    method: Method = "auto"
+    max_whole_voxels: int = 32_000_000
+    histogram_bins: int = 256
+    slab_voxels: int = 1 << 19
+    swap_ff: float = 0.5
+    swap_fraction: float = 0.5
+    ipop_tolerance: float = 0.15
+    max_low_signal_fraction: float = 0.05
+    expected_muscles: tuple[str, ...] = MUSCLE_NAMES
+    write_ff: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.signal_floor_fraction < 1.0:
+            raise ValueError(
+                f"signal_floor_fraction {self.signal_floor_fraction} must be in [0, 1)"
+            )
+        if not 0.0 <= self.signal_floor_percentile <= 100.0:
+            raise ValueError(
+                f"signal_floor_percentile {self.signal_floor_percentile} must be in [0, 100]"
+            )
+        if not 0.0 < self.fat_threshold < 1.0:
+            raise ValueError(f"fat_threshold {self.fat_threshold} must be in (0, 1)")
+        t = tuple(float(x) for x in self.mercuri_thresholds)
+        if len(t) != 4 or any(b <= a for a, b in zip(t, t[1:], strict=False)) or t[0] <= 0 or t[-1] > 1:
+            raise ValueError(
+                f"mercuri_thresholds {self.mercuri_thresholds} must be 4 increasing values in (0, 1]"
+            )
+        object.__setattr__(self, "mercuri_thresholds", t)
+        if self.normalisation not in NORMALISATIONS:
+            raise ValueError(f"normalisation {self.normalisation!r}: choose one of {NORMALISATIONS}")
+        if self.device not in DEVICES:
+            raise ValueError(f"device {self.device!r}: choose one of {DEVICES}")
+        if self.method not in METHODS:
+            raise ValueError(f"method {self.method!r}: choose one of {METHODS}")
+        if self.max_whole_voxels < 1:
+            raise ValueError(f"max_whole_voxels {self.max_whole_voxels} must be >= 1")
+        if not 1 <= self.histogram_bins <= 65536:
+            raise ValueError(f"histogram_bins {self.histogram_bins} must be in 1..65536")
+        if self.slab_voxels < 1024:
+            raise ValueError(f"slab_voxels {self.slab_voxels} must be >= 1024")
+        if not 0.0 <= self.swap_fraction < 1.0:
+            raise ValueError(f"swap_fraction {self.swap_fraction} must be in [0, 1)")
+        if self.ipop_tolerance <= 0:
+            raise ValueError(f"ipop_tolerance {self.ipop_tolerance} must be > 0")
+        if not 0.0 <= self.max_low_signal_fraction <= 1.0:
+            raise ValueError(
+                f"max_low_signal_fraction {self.max_low_signal_fraction} must be in [0, 1]"
+            )
+        unknown = [m for m in self.expected_muscles if m not in MUSCLE_NAMES]
+        if unknown:
+            raise ValueError(f"expected_muscles: unknown muscle name(s) {unknown}")
+        object.__setattr__(self, "expected_muscles", tuple(self.expected_muscles))
