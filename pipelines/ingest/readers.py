@@ -1,0 +1,549 @@
+"""Image readers: NIfTI files and DICOM series, each returned as a :class:`Volume` in the
+canonical RAS+ orientation with its exact affine.
+
+Pure functions of one file or folder; they know nothing of participants, stations or Dask.
+Errors are :class:`ReaderError` (a ``ValueError``) whose message names the file and the
+problem; the stage adds the participant.
+
+De-identification: the DICOM reader reads geometry (ImagePositionPatient,
+ImageOrientationPatient, PixelSpacing, slice spacing), pixel data and value mappings only.
+No other tag value is returned, logged or put in an error message.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+#: Files in a DICOM folder that are never slices.
+_SKIP_NAMES = frozenset({"DICOMDIR", "LOCKFILE", "VERSION"})
+_NIFTI_SUFFIXES = (".nii", ".nii.gz")
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+class ReaderError(ValueError):
+    """An image file or folder cannot be read as a 3-D volume; the message names it."""
+
+
+@dataclass(frozen=True)
+class Volume:
+    """One 3-D image in canonical RAS+ orientation.
+
+    Parameters
+    ----------
+    data : 3-D array (float32 for images; integers for label images).
+    affine : 4x4 float64, voxel index -> RAS+ world (mm).
+    path : the file or folder it came from.
+    fmt : ``"nifti"`` or ``"dicom"``.
+    """
+
+    data: np.ndarray
+    affine: np.ndarray
+    path: str
+    fmt: str
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return tuple(int(s) for s in self.data.shape)
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        return tuple(float(v) for v in np.linalg.norm(self.affine[:3, :3], axis=0))
+
+
+# --------------------------------------------------------------------------------------------
+# orientation
+
+
+def reorient_to_ras(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Permute/flip array axes so the affine is closest to RAS+ (nibabel's
+    ``as_closest_canonical``); the world position of every voxel is unchanged and an oblique
+    affine keeps its exact rotation."""
+    from nibabel.orientations import (
+        apply_orientation,
+        axcodes2ornt,
+        inv_ornt_aff,
+        io_orientation,
+        ornt_transform,
+    )
+
+    ornt = io_orientation(affine)
+    xform = ornt_transform(ornt, axcodes2ornt(("R", "A", "S")))
+    if np.array_equal(xform, [[0, 1], [1, 1], [2, 1]]):
+        return data, np.asarray(affine, dtype=np.float64)
+    out = np.ascontiguousarray(apply_orientation(data, xform))
+    return out, np.asarray(affine, dtype=np.float64) @ inv_ornt_aff(xform, data.shape)
+
+
+# --------------------------------------------------------------------------------------------
+# hashing
+
+
+def sha256_files(paths: Sequence[Path]) -> str:
+    """SHA-256 (hex) over the bytes of ``paths`` in the given order (1 MiB blocks)."""
+    h = hashlib.sha256()
+    for p in paths:
+        with open(p, "rb") as fh:
+            while block := fh.read(1 << 20):
+                h.update(block)
+    return h.hexdigest()
+
+
+def source_files(path: str | Path) -> list[Path]:
+    """The files an image is read from: the file itself, or a DICOM folder's files sorted by
+    name (hidden files and DICOMDIR excluded)."""
+    p = Path(path)
+    if p.is_dir():
+        return sorted(
+            (f for f in p.iterdir()
+             if f.is_file() and not f.name.startswith(".") and f.name.upper() not in _SKIP_NAMES),
+            key=lambda f: f.name,
+        )
+    if not p.exists():
+        raise ReaderError(f"{p}: file not found")
+    return [p]
+
+
+def hash_source(path: str | Path) -> str:
+    """SHA-256 of an image's source file, or of all files of a DICOM series (sorted by name)."""
+    files = source_files(path)
+    if not files:
+        raise ReaderError(f"{path}: DICOM folder contains no files")
+    return sha256_files(files)
+
+
+# --------------------------------------------------------------------------------------------
+# dispatch
+
+
+def _is_dicom_file(p: Path) -> bool:
+    try:
+        with open(p, "rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return len(head) == 132 and head[128:132] == b"DICM"
+
+
+def read_volume(path: str | Path, *, labels: bool = False) -> Volume:
+    """Read a NIfTI file, a DICOM series folder or a single (multi-frame) DICOM file.
+
+    Parameters
+    ----------
+    path : ``.nii``/``.nii.gz`` file, DICOM folder, or DICOM file.
+    labels : read a label image (integer values kept, no float conversion).
+
+    Returns
+    -------
+    Volume in RAS+ orientation.
+
+    Raises
+    ------
+    ReaderError
+        naming the file and the problem (missing, truncated, not 3-D, ...).
+    """
+    p = Path(path)
+    if p.is_dir():
+        return read_dicom(p, labels=labels)
+    if not p.exists():
+        raise ReaderError(f"{p}: file not found")
+    name = p.name.lower()
+    if name.endswith(_NIFTI_SUFFIXES):
+        return read_nifti(p, labels=labels)
+    if _is_dicom_file(p):
+        return read_dicom(p, labels=labels)
+    raise ReaderError(
+        f"{p}: not a NIfTI file (.nii, .nii.gz), a DICOM file or a DICOM series folder"
+    )
+
+
+def _finish(data: np.ndarray, path: Path, labels: bool) -> np.ndarray:
+    """Check a decoded volume and give it its stored dtype."""
+    if labels:
+        if data.dtype.kind == "f":
+            if not np.all(np.isfinite(data)):
+                raise ReaderError(f"{path}: label image contains NaN or Inf")
+            rounded = np.round(data)
+            if not np.array_equal(rounded, data):
+                raise ReaderError(f"{path}: label image has non-integer values")
+            data = rounded
+        if data.dtype.kind not in "iuf" and data.dtype != np.bool_:
+            raise ReaderError(f"{path}: label image has dtype {data.dtype}")
+        if data.size and data.min() < 0:
+            raise ReaderError(f"{path}: label image has negative values (min {data.min()})")
+        if data.size and data.max() > np.iinfo(np.int32).max:
+            raise ReaderError(f"{path}: label values too large (max {data.max()})")
+        return data.astype(np.int32, copy=False)
+    return data.astype(np.float32, copy=False)
+
+
+# --------------------------------------------------------------------------------------------
+# NIfTI
+
+
+def read_nifti(path: str | Path, *, labels: bool = False) -> Volume:
+    """Read a NIfTI-1 or NIfTI-2 file (``.nii`` or ``.nii.gz``).
+
+    The affine is nibabel's best affine: the sform when ``sform_code > 0``, else the qform when
+    ``qform_code > 0``; a file with neither has no position in space and is refused.  Scaling
+    (``scl_slope``/``scl_inter``) is applied.  A 4-D file whose extra axes have length 1 is
+    read as 3-D; any other dimensionality is an error.
+    """
+    import nibabel as nib
+
+    p = Path(path)
+    try:
+        img = nib.load(p)
+    except FileNotFoundError:
+        raise ReaderError(f"{p}: file not found") from None
+    except Exception as e:  # nibabel raises many types for a bad header
+        raise ReaderError(f"{p}: unreadable NIfTI header ({type(e).__name__}: {e})") from e
+    if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
+        raise ReaderError(f"{p}: not a NIfTI image (nibabel read it as {type(img).__name__})")
+    shape = tuple(int(s) for s in img.shape)
+    if len(shape) > 3 and all(s == 1 for s in shape[3:]):
+        shape3 = shape[:3]
+    elif len(shape) == 4:
+        raise ReaderError(
+            f"{p}: 4-D image with {shape[3]} volumes (shape {shape}); give one 3-D volume per file"
+        )
+    elif len(shape) != 3:
+        raise ReaderError(f"{p}: {len(shape)}-D image (shape {shape}); expected a 3-D volume")
+    else:
+        shape3 = shape
+    if min(shape3) < 1:
+        raise ReaderError(f"{p}: empty image (shape {shape})")
+    hdr = img.header
+    if int(hdr["sform_code"]) <= 0 and int(hdr["qform_code"]) <= 0:
+        raise ReaderError(
+            f"{p}: qform_code and sform_code are both 0, so the image has no position in "
+            "space; set a qform or sform (scanner or aligned coordinates)"
+        )
+    try:
+        raw = np.asanyarray(img.dataobj)
+    except Exception as e:  # truncated gzip: EOFError, zlib.error, OSError, ValueError
+        raise ReaderError(f"{p}: truncated or corrupt image data ({type(e).__name__}: {e})") from e
+    raw = raw.reshape(shape3)
+    affine = np.asarray(img.affine, dtype=np.float64)
+    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+        raise ReaderError(f"{p}: affine is singular or not finite")
+    data = _finish(raw, p, labels)
+    data, affine = reorient_to_ras(data, affine)
+    return Volume(data, affine, str(p), "nifti")
+
+
+# --------------------------------------------------------------------------------------------
+# DICOM
+
+
+@dataclass
+class _Slice:
+    """One 2-D image of a series: geometry plus a function returning its values."""
+
+    ipp: np.ndarray
+    iop: np.ndarray
+    spacing: tuple[float, float]  # (between rows, between columns) mm
+    rows: int
+    cols: int
+    values: Callable[[], np.ndarray]
+    where: str  # "file X" or "file X frame n" (no tag values)
+    slice_gap: float | None = None  # SpacingBetweenSlices or SliceThickness, single-slice case
+
+
+def _floats(value, n: int, what: str, where: str) -> np.ndarray:
+    try:
+        arr = np.array([float(v) for v in value], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ReaderError(f"{where}: {what} is not numeric") from None
+    if arr.shape != (n,) or not np.all(np.isfinite(arr)):
+        raise ReaderError(f"{where}: {what} must have {n} finite values")
+    return arr
+
+
+def _value_map(rwvm, rescale, where: str) -> tuple[float, float]:
+    """(slope, intercept) mapping stored pixel values to the values we store.
+
+    A Real World Value Mapping (slope/intercept) wins over the modality rescale, as it maps
+    stored values to physical values; otherwise RescaleSlope/RescaleIntercept; else (1, 0).
+    ``rwvm`` is a RealWorldValueMappingSequence item (or None); ``rescale`` the dataset or
+    PixelValueTransformationSequence item holding the rescale tags (or None).
+    """
+    if rwvm is not None:
+        if "RealWorldValueSlope" in rwvm:
+            slope = float(rwvm.RealWorldValueSlope)
+            inter = float(rwvm.get("RealWorldValueIntercept", 0.0) or 0.0)
+            if not np.isfinite(slope) or not np.isfinite(inter) or slope == 0:
+                raise ReaderError(f"{where}: invalid Real World Value slope/intercept")
+            return slope, inter
+        if "RealWorldValueLUTData" in rwvm:
+            raise ReaderError(f"{where}: Real World Value Mapping by LUT is not supported")
+    slope = rescale.get("RescaleSlope", None) if rescale is not None else None
+    inter = rescale.get("RescaleIntercept", None) if rescale is not None else None
+    slope = 1.0 if slope in (None, "") else float(slope)
+    inter = 0.0 if inter in (None, "") else float(inter)
+    if not np.isfinite(slope) or not np.isfinite(inter) or slope == 0:
+        raise ReaderError(f"{where}: invalid rescale slope/intercept")
+    return slope, inter
+
+
+def _first(ds, name: str):
+    seq = ds.get(name, None)
+    return seq[0] if seq else None
+
+
+def _apply_map(arr: np.ndarray, slope: float, inter: float, labels: bool) -> np.ndarray:
+    """Mapped values: float64 for labels (checked and made integer later), else float32."""
+    if slope == 1.0 and inter == 0.0:
+        return arr.astype(np.float64 if labels else np.float32)
+    out = arr.astype(np.float64) * slope + inter
+    return out if labels else out.astype(np.float32)
+
+
+def _dcmread(f: Path, *, pixels: bool):
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        return pydicom.dcmread(f, stop_before_pixels=not pixels)
+    except InvalidDicomError as e:
+        raise ReaderError(f"{f}: not a DICOM file ({e})") from e
+    except Exception as e:  # truncated files raise EOFError, OSError, struct errors...
+        raise ReaderError(f"{f}: unreadable or truncated DICOM file ({type(e).__name__})") from e
+
+
+def _pixels(ds, f: Path) -> np.ndarray:
+    if "PixelData" not in ds and "FloatPixelData" not in ds and "DoubleFloatPixelData" not in ds:
+        raise ReaderError(f"{f}: DICOM file has no pixel data")
+    if int(getattr(ds, "SamplesPerPixel", 1) or 1) != 1:
+        raise ReaderError(f"{f}: colour DICOM image (SamplesPerPixel > 1); expected MR magnitudes")
+    try:
+        return ds.pixel_array
+    except Exception as e:  # truncated pixel data, missing codec, ...
+        raise ReaderError(
+            f"{f}: cannot decode pixel data (transfer syntax "
+            f"{getattr(getattr(ds, 'file_meta', None), 'TransferSyntaxUID', '?')}; "
+            f"{type(e).__name__}: {e})"
+        ) from e
+
+
+def _fg(ds, index: int, name: str):
+    """Functional-group item ``name`` for frame ``index`` (per-frame wins over shared)."""
+    per = getattr(ds, "PerFrameFunctionalGroupsSequence", None)
+    if per is not None and index < len(per) and name in per[index]:
+        seq = per[index][name]
+        if seq.value:
+            return seq.value[0]
+    shared = getattr(ds, "SharedFunctionalGroupsSequence", None)
+    if shared and name in shared[0]:
+        seq = shared[0][name]
+        if seq.value:
+            return seq.value[0]
+    return None
+
+
+def _enhanced_slices(ds, f: Path, labels: bool) -> list[_Slice]:
+    n = int(ds.NumberOfFrames)
+    pix: dict[str, np.ndarray] = {}
+
+    def frames() -> np.ndarray:
+        if "a" not in pix:
+            arr = _pixels(ds, f)
+            pix["a"] = arr.reshape((n, int(ds.Rows), int(ds.Columns)))
+        return pix["a"]
+
+    out = []
+    for i in range(n):
+        where = f"{f} frame {i + 1}"
+        pos = _fg(ds, i, "PlanePositionSequence")
+        ori = _fg(ds, i, "PlaneOrientationSequence")
+        meas = _fg(ds, i, "PixelMeasuresSequence")
+        if pos is None or "ImagePositionPatient" not in pos:
+            raise ReaderError(f"{where}: no ImagePositionPatient (PlanePositionSequence)")
+        if ori is None or "ImageOrientationPatient" not in ori:
+            raise ReaderError(f"{where}: no ImageOrientationPatient (PlaneOrientationSequence)")
+        if meas is None or "PixelSpacing" not in meas:
+            raise ReaderError(f"{where}: no PixelSpacing (PixelMeasuresSequence)")
+        rwvm = _fg(ds, i, "RealWorldValueMappingSequence") or _first(
+            ds, "RealWorldValueMappingSequence")
+        pvt = _fg(ds, i, "PixelValueTransformationSequence")
+        slope, inter = _value_map(rwvm, pvt if pvt is not None else ds, where)
+        gap = meas.get("SpacingBetweenSlices") or meas.get("SliceThickness")
+        ps = _floats(meas.PixelSpacing, 2, "PixelSpacing", where)
+        out.append(_Slice(
+            ipp=_floats(pos.ImagePositionPatient, 3, "ImagePositionPatient", where),
+            iop=_floats(ori.ImageOrientationPatient, 6, "ImageOrientationPatient", where),
+            spacing=(float(ps[0]), float(ps[1])), rows=int(ds.Rows), cols=int(ds.Columns),
+            values=lambda i=i, s=slope, c=inter: _apply_map(frames()[i], s, c, labels),
+            where=where, slice_gap=float(gap) if gap not in (None, "") else None,
+        ))
+    return out
+
+
+def _classic_slice(ds, f: Path, labels: bool) -> _Slice:
+    where = f"{f}"
+    for tag in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
+        if tag not in ds or ds[tag].value in (None, ""):
+            raise ReaderError(f"{where}: no {tag}; cannot place the slice in space")
+    slope, inter = _value_map(_first(ds, "RealWorldValueMappingSequence"), ds, where)
+    ps = _floats(ds.PixelSpacing, 2, "PixelSpacing", where)
+    gap = ds.get("SpacingBetweenSlices") or ds.get("SliceThickness")
+
+    def values() -> np.ndarray:
+        arr = _pixels(ds, f)
+        if arr.ndim != 2:
+            raise ReaderError(f"{f}: expected one 2-D frame, decoded shape {arr.shape}")
+        return _apply_map(arr, slope, inter, labels)
+
+    return _Slice(
+        ipp=_floats(ds.ImagePositionPatient, 3, "ImagePositionPatient", where),
+        iop=_floats(ds.ImageOrientationPatient, 6, "ImageOrientationPatient", where),
+        spacing=(float(ps[0]), float(ps[1])), rows=int(ds.Rows), cols=int(ds.Columns),
+        values=values, where=where, slice_gap=float(gap) if gap not in (None, "") else None,
+    )
+
+
+def read_dicom(path: str | Path, *, labels: bool = False) -> Volume:
+    """Read one DICOM series (a folder of classic single-frame files, or one enhanced
+    multi-frame file, alone or in a folder) as a 3-D volume.
+
+    Slices are sorted along the slice normal (row x column direction cosines) by
+    ImagePositionPatient, never by file name or InstanceNumber.  Compressed transfer syntaxes
+    are decoded by pydicom's pixel handlers (pylibjpeg: RLE, JPEG 2000, JPEG-LS, JPEG).
+    Values are real-world values when a Real World Value Mapping (slope/intercept) is given,
+    else modality values (RescaleSlope/RescaleIntercept), else stored values.
+
+    Raises
+    ------
+    ReaderError
+        on several series in one folder, several images at one position (4-D, multi-echo),
+        missing slices, uneven spacing, mixed orientations or matrix sizes, unreadable or
+        truncated files.
+    """
+    p = Path(path)
+    files = source_files(p)
+    if not files:
+        raise ReaderError(f"{p}: DICOM folder contains no files")
+    headers = []
+    for f in files:
+        ds = _dcmread(f, pixels=True)
+        headers.append((f, ds))
+    series: dict[str, list] = {}
+    for f, ds in headers:
+        series.setdefault(str(getattr(ds, "SeriesInstanceUID", "")), []).append(f)
+    if len(series) > 1:
+        counts = sorted((len(v) for v in series.values()), reverse=True)
+        raise ReaderError(
+            f"{p}: {len(series)} DICOM series in one folder (files per series: {counts}, "
+            "told apart by SeriesInstanceUID); put each series in its own folder"
+        )
+    multi = [(f, ds) for f, ds in headers if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1
+             or "PerFrameFunctionalGroupsSequence" in ds]
+    if multi and len(headers) > 1:
+        raise ReaderError(
+            f"{p}: {len(headers)} files of which {len(multi)} are multi-frame: several "
+            "multi-frame images in one series (4-D?); give one volume per folder"
+        )
+    if multi:
+        f, ds = multi[0]
+        slices = _enhanced_slices(ds, f, labels)
+    else:
+        slices = [_classic_slice(ds, f, labels) for f, ds in headers]
+    data, affine = assemble_slices(slices, p)
+    data = _finish(data, p, labels)
+    data, affine = reorient_to_ras(data, _LPS_TO_RAS @ affine)
+    log.debug("%s: DICOM series of %d slices -> %s", p, len(slices), data.shape)
+    return Volume(data, affine, str(p), "dicom")
+
+
+def assemble_slices(slices: list[_Slice], path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Stack 2-D slices into a volume (axes: column, row, slice) and its LPS affine."""
+    first = slices[0]
+    for s in slices[1:]:
+        if not np.allclose(s.iop, first.iop, atol=1e-4):
+            raise ReaderError(
+                f"{path}: mixed orientations: {s.where} has ImageOrientationPatient "
+                f"{np.round(s.iop, 4).tolist()}, {first.where} has {np.round(first.iop, 4).tolist()}"
+            )
+        if (s.rows, s.cols) != (first.rows, first.cols):
+            raise ReaderError(
+                f"{path}: mixed matrix sizes: {s.where} is {s.rows}x{s.cols}, "
+                f"{first.where} is {first.rows}x{first.cols}"
+            )
+        if not np.allclose(s.spacing, first.spacing, atol=1e-4):
+            raise ReaderError(
+                f"{path}: mixed pixel spacings: {s.where} {s.spacing} mm, {first.where} "
+                f"{first.spacing} mm"
+            )
+    row_dir, col_dir = first.iop[:3], first.iop[3:]
+    if abs(np.linalg.norm(row_dir) - 1) > 1e-3 or abs(np.linalg.norm(col_dir) - 1) > 1e-3 \
+            or abs(float(row_dir @ col_dir)) > 1e-3:
+        raise ReaderError(f"{path}: ImageOrientationPatient is not two orthonormal directions")
+    normal = np.cross(row_dir, col_dir)
+    dist = np.array([float(s.ipp @ normal) for s in slices])
+    order = np.argsort(dist, kind="stable")
+    dist = dist[order]
+    slices = [slices[i] for i in order]
+    n = len(slices)
+    if n >= 2:
+        diffs = np.diff(dist)
+        n_pos = 1 + int(np.sum(diffs > 1e-3))
+        if n_pos < n:
+            raise ReaderError(
+                f"{path}: {n} images at only {n_pos} distinct slice positions: several images "
+                "per position (a 4-D, multi-echo or mixed-contrast series); give one 3-D "
+                "volume per series folder"
+            )
+        step = float(diffs.min())
+        tol = max(0.01, 0.01 * step)
+        ratio = diffs / step
+        big = ratio > 1.5
+        if np.any(big):
+            if np.all(np.abs(ratio[big] - np.round(ratio[big])) < 0.1):
+                k = int(np.argmax(big))
+                n_missing = int(np.sum(np.round(ratio[big]) - 1))
+                raise ReaderError(
+                    f"{path}: missing slices: {n_missing} slice(s) missing (first gap of "
+                    f"{diffs[k]:.3f} mm after slice position {dist[k]:.3f} mm, spacing "
+                    f"{step:.3f} mm)"
+                )
+            raise ReaderError(
+                f"{path}: uneven slice spacing: gaps from {diffs.min():.3f} to "
+                f"{diffs.max():.3f} mm"
+            )
+        if diffs.max() - diffs.min() > tol:
+            raise ReaderError(
+                f"{path}: uneven slice spacing: gaps from {diffs.min():.4f} to "
+                f"{diffs.max():.4f} mm"
+            )
+        step_vec = (slices[-1].ipp - slices[0].ipp) / (n - 1)
+        expected = slices[0].ipp + np.arange(n)[:, None] * step_vec
+        actual = np.stack([s.ipp for s in slices])
+        if np.max(np.abs(actual - expected)) > tol:
+            raise ReaderError(
+                f"{path}: slice positions do not lie on a line (deviation "
+                f"{np.max(np.abs(actual - expected)):.3f} mm); uneven or mixed positions"
+            )
+    else:
+        gap = first.slice_gap if first.slice_gap and first.slice_gap > 0 else 1.0
+        step_vec = normal * gap
+    affine = np.eye(4)
+    affine[:3, 0] = row_dir * first.spacing[1]  # axis 0: column index, along the row direction
+    affine[:3, 1] = col_dir * first.spacing[0]  # axis 1: row index, along the column direction
+    affine[:3, 2] = step_vec
+    affine[:3, 3] = slices[0].ipp
+    out = None
+    for k, s in enumerate(slices):
+        vals = s.values()
+        if vals.shape != (first.rows, first.cols):
+            raise ReaderError(f"{s.where}: decoded shape {vals.shape} != {first.rows}x{first.cols}")
+        if out is None:  # dtype of the mapped values (float32 images, float64 labels)
+            out = np.empty((first.cols, first.rows, n), dtype=vals.dtype)
+        out[:, :, k] = vals.T
+    return out, affine

@@ -1,0 +1,302 @@
+"""The ingest stage: one participant's manifest rows -> one Zarr group.
+
+:func:`ingest_participant` is the per-participant kernel (reads, checks, stitches, writes,
+all in this one task so every shard is written by one task); :func:`ingest_cohort` is the thin
+Dask wrapper (:func:`pipelines._dask.map_participants`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from pipelines import store as zstore
+from pipelines._dask import map_participants
+from pipelines.errors import ParticipantError
+from pipelines.ingest.geometry import Grid, common_grid, integer_shift, same_grid, stitch
+from pipelines.ingest.readers import ReaderError, Volume, hash_source, read_volume
+from schemas.layout import IMAGE_ARRAYS, LABELS_ARRAY, GroupAttrs
+from schemas.manifest import IMAGE_CHANNELS
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+    from pipelines._dask import Outcome
+    from schemas.manifest import ImageRef, Manifest, ParticipantImages
+
+log = logging.getLogger(__name__)
+
+STAGE = "ingest"
+#: Bumped when the way inputs become stored arrays changes, so old groups are re-ingested.
+INGEST_FORMAT_VERSION = "1"
+#: Channels that are magnitudes (must not be negative).
+MAGNITUDE_CHANNELS = IMAGE_CHANNELS
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    """Settings of the ingest stage.
+
+    Parameters
+    ----------
+    negative_tolerance : magnitude images may dip this far below 0 (same units as the image)
+        before it is an error; values in ``[-tolerance, 0)`` are kept as they are.
+    grid_tolerance_mm : how far (mm) two affines may differ and still count as one grid
+        (water vs fat of a station).
+    force : re-ingest even when the stored group's input hash matches.
+    """
+
+    negative_tolerance: float = 0.0
+    grid_tolerance_mm: float = 1e-3
+    force: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.negative_tolerance >= 0:
+            raise ValueError(f"negative_tolerance {self.negative_tolerance} must be >= 0")
+        if not self.grid_tolerance_mm > 0:
+            raise ValueError(f"grid_tolerance_mm {self.grid_tolerance_mm} must be > 0")
+
+    def hashed(self) -> dict:
+        """Settings that change the stored arrays (part of the input hash)."""
+        return {"negative_tolerance": float(self.negative_tolerance)}
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    """What one participant's ingest did.
+
+    Parameters
+    ----------
+    participant_id : pseudonymous id.
+    written : False when the stored group was already up to date (nothing rewritten).
+    input_hash : SHA-256 over the source files' hashes, label maps and hashed settings.
+    shape : stored array shape (voxels).
+    seconds : wall time of the task (s).
+    """
+
+    participant_id: str
+    written: bool
+    input_hash: str
+    shape: tuple[int, int, int]
+    seconds: float
+
+
+def _software_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("myocohort")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def _key(ref: ImageRef) -> str:
+    return f"station{ref.station}/{ref.channel}"
+
+
+def input_hash(sources: dict[str, str], images: ParticipantImages, config: IngestConfig) -> str:
+    """SHA-256 over the per-source hashes, the label maps and the hashed settings."""
+    label_maps = {
+        _key(r): [list(v) for v in r.label_map.values]
+        for r in images.images if r.channel == LABELS_ARRAY and r.label_map is not None
+    }
+    doc = {
+        "format": INGEST_FORMAT_VERSION,
+        "sources": dict(sorted(sources.items())),
+        "label_maps": label_maps,
+        "config": config.hashed(),
+    }
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
+
+
+def _check_channels(images: ParticipantImages) -> tuple[str, ...]:
+    """Channels to store: water and fat, plus each optional channel given for every station."""
+    stations = images.stations
+    out = []
+    for ch in (*IMAGE_CHANNELS, LABELS_ARRAY):
+        have = [s for s in stations if images.get(s, ch) is not None]
+        if not have:
+            continue
+        if len(have) != len(stations):
+            missing = [s for s in stations if s not in have]
+            raise ValueError(
+                f"channel {ch!r} is given for station(s) {have} but not {missing}; "
+                "give it for every station or for none"
+            )
+        out.append(ch)
+    return tuple(out)
+
+
+def _read(ref: ImageRef, config: IngestConfig) -> Volume:
+    """Read and check one image; errors name station, channel and file."""
+    labels = ref.channel == LABELS_ARRAY
+    vol = read_volume(ref.path, labels=labels)
+    if labels:
+        return vol
+    data = vol.data
+    finite = np.isfinite(data)
+    if not finite.all():
+        n_bad = int(data.size - np.count_nonzero(finite))
+        raise ReaderError(f"{ref.path}: {n_bad} NaN/Inf voxel(s)")
+    if ref.channel in MAGNITUDE_CHANNELS and data.size:
+        lo = float(data.min())
+        if lo < -config.negative_tolerance:
+            n_neg = int(np.count_nonzero(data < -config.negative_tolerance))
+            raise ReaderError(
+                f"{ref.path}: {n_neg} negative voxel(s) (min {lo:g}) in a {ref.channel} "
+                "magnitude image"
+            )
+    return vol
+
+
+def _map_labels(vol: Volume, ref: ImageRef) -> np.ndarray:
+    data = vol.data
+    if ref.label_map is None:
+        return data
+    hi = int(data.max()) if data.size else 0
+    lut = ref.label_map.lookup_table(hi)
+    return lut[data]
+
+
+def _read_station(images: ParticipantImages, s: int, channel: str, config: IngestConfig):
+    ref = images.get(s, channel)
+    try:
+        return ref, _read(ref, config)
+    except ReaderError as e:
+        raise ValueError(f"station {s} {channel}: {e}") from e
+
+
+def _stitch_channel(
+    images: ParticipantImages, channel: str, grid: Grid, water_grids: dict[int, Grid],
+    config: IngestConfig, volumes: dict[int, Volume] | None = None,
+) -> np.ndarray:
+    vols, grids = [], []
+    for s in images.stations:
+        if volumes is not None:
+            ref, vol = images.get(s, channel), volumes.pop(s)
+        else:
+            ref, vol = _read_station(images, s, channel, config)
+        g = Grid(vol.shape, vol.affine)
+        if channel == "fat" and not same_grid(g, water_grids[s], config.grid_tolerance_mm):
+            raise ValueError(
+                f"station {s}: fat image {ref.path} is on a different grid than the water "
+                f"image {images.get(s, 'water').path}: fat {g.describe()}, water "
+                f"{water_grids[s].describe()}; water and fat of one station must share a grid"
+            )
+        data = _map_labels(vol, ref) if channel == LABELS_ARRAY else vol.data
+        vols.append(data)
+        grids.append(g)
+    return stitch(vols, grids, grid, labels=channel == LABELS_ARRAY)
+
+
+def ingest_participant(
+    images: ParticipantImages,
+    *,
+    store: str | Path,
+    config: IngestConfig | None = None,
+) -> IngestResult:
+    """Read, check, orient and stitch one participant's images and write its store group.
+
+    Parameters
+    ----------
+    images : the participant's manifest rows.
+    store : Zarr store path.
+    config : stage settings (default :class:`IngestConfig`).
+
+    Returns
+    -------
+    IngestResult; ``written`` is False when the stored group's input hash already matched.
+
+    Raises
+    ------
+    ParticipantError
+        naming the participant, the station, channel and file, and the problem.
+    """
+    config = config or IngestConfig()
+    pid = images.participant_id
+    t0 = time.perf_counter()
+    try:
+        channels = _check_channels(images)
+        sources: dict[str, str] = {}
+        for ref in images.images:
+            try:
+                sources[_key(ref)] = hash_source(ref.path)
+            except (ReaderError, OSError) as e:
+                raise ValueError(f"station {ref.station} {ref.channel}: {e}") from e
+        digest = input_hash(sources, images, config)
+        if not config.force and pid in zstore.participant_ids(store):
+            old = zstore.read_attrs(store, pid)
+            if old.input_hash == digest:
+                log.info("participant %s: inputs unchanged, nothing rewritten", pid)
+                return IngestResult(pid, False, digest, old.shape, time.perf_counter() - t0)
+        # water defines the stations' grids and the common grid
+        water = {s: _read_station(images, s, "water", config)[1] for s in images.stations}
+        water_grids = {s: Grid(v.shape, v.affine) for s, v in water.items()}
+        grid = common_grid([water_grids[s] for s in images.stations])
+        arrays: dict[str, np.ndarray] = {}
+        for ch in channels:  # one channel's station volumes in memory at a time
+            arrays[ch] = _stitch_channel(images, ch, grid, water_grids, config,
+                                         volumes=water if ch == "water" else None)
+        resampled = _resampled_stations(water_grids, grid, images.stations)
+        attrs = GroupAttrs(
+            participant_id=pid,
+            site=images.site,
+            affine=tuple(tuple(float(x) for x in row) for row in grid.affine),
+            spacing_mm=grid.spacing,
+            shape=grid.shape,
+            sources=tuple(sorted(sources.items())),
+            input_hash=digest,
+            stations=len(images.stations),
+            channels=tuple(c for c in channels if c in IMAGE_ARRAYS),
+            labels_source="manifest" if LABELS_ARRAY in channels else "",
+            software_version=_software_version(),
+            extra=(("ingest", {
+                "format_version": INGEST_FORMAT_VERSION,
+                "reference_station": int(images.stations[0]),
+                "resampled_stations": resampled,
+                "blend": "linear",
+            }),),
+        )
+        zstore.write_group(store, pid, arrays, attrs)
+    except ParticipantError:
+        raise
+    except Exception as e:
+        raise ParticipantError(pid, STAGE, str(e) or type(e).__name__) from e
+    seconds = time.perf_counter() - t0
+    log.info("participant %s: ingested %d station(s) -> %s in %.1f s",
+             pid, len(images.stations), grid.shape, seconds)
+    return IngestResult(pid, True, digest, grid.shape, seconds)
+
+
+def _resampled_stations(water_grids: dict[int, Grid], grid: Grid, stations) -> list[int]:
+    return [int(s) for s in stations if integer_shift(water_grids[s], grid) is None]
+
+
+def ingest_cohort(
+    manifest: Manifest,
+    store: str | Path,
+    *,
+    config: IngestConfig | None = None,
+    client: Client | None = None,
+    traceback_dir: str | Path | None = None,
+    on_done=None,
+) -> list[Outcome]:
+    """Ingest every participant of ``manifest`` into ``store`` (in parallel on ``client``).
+
+    One task per participant; a failing participant becomes a failed :class:`Outcome`
+    (participant, stage ``ingest``, error type, message) and every other participant is
+    still ingested.  Each task holds one participant's volumes in memory.
+    """
+    zstore.ensure_store(store)
+    return map_participants(
+        ingest_participant, manifest.participants, stage=STAGE, client=client,
+        traceback_dir=traceback_dir, on_done=on_done, store=str(store),
+        config=config or IngestConfig(),
+    )
