@@ -2,6 +2,17 @@
 
 from __future__ import annotations
 
+from pipelines.synth.cohort import CbpModel, SynthConfig, SynthResult, build_cohort
 from pipelines.synth.phantom import Phantom, PhantomSpec, make_phantom
+from pipelines.synth.truth import truth_metrics
 
-__all__ = ["Phantom", "PhantomSpec", "make_phantom"]
+__all__ = [
+    "CbpModel",
+    "Phantom",
+    "PhantomSpec",
+    "SynthConfig",
+    "SynthResult",
+    "build_cohort",
+    "make_phantom",
+    "truth_metrics",
+]
