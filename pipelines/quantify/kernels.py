@@ -194,7 +194,7 @@ def candidate_threshold(sample: np.ndarray, n_total: int, q: float) -> float:
     tail was too short and the caller retries with ``-inf``.
     """
     m = int(sample.size)
-    if m < 1000 or n_total <= 2 * m:
+    if m < 1000 or m >= n_total:
         return -math.inf
     p = q / 100.0
     level = p - 8.0 * math.sqrt(max(p * (1.0 - p), 1.0 / m) / m) - 8.0 / m

@@ -1,0 +1,225 @@
+"""Kernels and drivers against the plain reference implementation, and chunking invariance."""
+
+from __future__ import annotations
+
+import math
+
+import dask.array as da
+import numpy as np
+import pytest
+
+from pipelines.quantify import kernels
+from pipelines.quantify.config import QuantifyConfig
+from pipelines.quantify.tables import muscle_rows, participant_row
+from pipelines.quantify.volume import quantify_chunked, quantify_volume
+from tests.quantify.reference import assert_close, reference_metrics
+
+
+def random_volume(seed, shape=(23, 19, 29), *, n_labels=19, low_share=0.1):
+    """Water/fat with a wide fat-fraction spread, some near-zero (low-signal) voxels, all 18
+    muscles plus background."""
+    rng = np.random.default_rng(seed)
+    total = rng.gamma(3.0, 200.0, shape)
+    frac = rng.beta(0.8, 1.5, shape)
+    dead = rng.random(shape) < low_share
+    total[dead] *= rng.random(int(dead.sum())) * 0.05
+    water = (total * (1 - frac)).astype(np.float32)
+    fat = (total * frac).astype(np.float32)
+    labels = rng.integers(0, n_labels, shape).astype(np.uint8)
+    return water, fat, labels
+
+
+def check_against_reference(res, water, fat, labels, spacing, config, covariates=None):
+    rows = muscle_rows(res.acc, res.medians, participant_id="P1", spacing_mm=spacing,
+                       config=config)
+    prow = participant_row(rows, res.acc, participant_id="P1", covariates=covariates,
+                           config=config, signal_floor=res.floor)
+    ref_rows, ref_part, ref_ff, ref_floor = reference_metrics(
+        water, fat, labels, spacing, floor_fraction=config.signal_floor_fraction,
+        percentile=config.signal_floor_percentile, fat_threshold=config.fat_threshold,
+        mercuri=config.mercuri_thresholds, covariates=covariates,
+        normalisation=config.normalisation,
+    )
+    assert_close(res.floor, ref_floor, "floor", rtol=1e-12)
+    assert [r["muscle"] for r in rows] == list(ref_rows)
+    for r in rows:
+        for key, expected in ref_rows[r["muscle"]].items():
+            assert_close(r[key], expected, f"{r['muscle']}.{key}")
+    for key, expected in ref_part.items():
+        assert_close(prow[key], expected, f"participant.{key}")
+    if res.ff is not None:
+        np.testing.assert_allclose(res.ff, ref_ff, rtol=1e-6, equal_nan=True)
+    return rows, prow
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_whole_array_kernel_matches_reference(seed):
+    water, fat, labels = random_volume(seed)
+    config = QuantifyConfig(slab_voxels=3000, histogram_bins=7 + seed * 50)
+    res = quantify_volume(water, fat, labels, config=config)
+    cov = {"bmi": 24.0, "disease_duration_years": 3.5}
+    check_against_reference(res, water, fat, labels, (1.5, 2.0, 3.0), config, cov)
+
+
+def test_non_default_settings_match_reference():
+    water, fat, labels = random_volume(5)
+    config = QuantifyConfig(signal_floor_fraction=0.2, signal_floor_percentile=95.0,
+                            fat_threshold=0.3, mercuri_thresholds=(0.1, 0.2, 0.4, 0.8),
+                            normalisation="height2")
+    res = quantify_volume(water, fat, labels, config=config)
+    cov = {"height_m": 1.8, "weight_kg": 80.0}
+    check_against_reference(res, water, fat, labels, (1.0, 1.0, 1.0), config, cov)
+
+
+@pytest.mark.parametrize("chunks", [(7, 11, 13), (23, 19, 1), (5, 19, 29), (1, 1, 29)])
+def test_odd_chunkings_equal_whole_array(chunks):
+    water, fat, labels = random_volume(3)
+    ip = (water + fat).astype(np.float32)
+    op = np.abs(water - fat).astype(np.float32)
+    config = QuantifyConfig(histogram_bins=16)
+    whole = quantify_volume(water, fat, labels, ip, op, config=config)
+    arrs = [da.from_array(a, chunks=chunks) for a in (water, fat, labels, ip, op)]
+    part = quantify_chunked(*arrs, config=config)
+    assert part.floor == whole.floor
+    np.testing.assert_array_equal(part.acc.counts, whole.acc.counts)
+    np.testing.assert_array_equal(part.acc.n_swap, whole.acc.n_swap)
+    np.testing.assert_allclose(part.acc.ff_sums, whole.acc.ff_sums, rtol=1e-12)
+    np.testing.assert_array_equal(part.medians, whole.medians)
+    np.testing.assert_array_equal(part.ff, whole.ff)
+    assert part.acc.n_ipop == whole.acc.n_ipop > 0
+    assert math.isclose(part.acc.ip_deviation, whole.acc.ip_deviation, rel_tol=1e-9, abs_tol=1e-6)
+
+
+def test_chunked_labels_differently_chunked_are_rechunked():
+    water, fat, labels = random_volume(4)
+    config = QuantifyConfig()
+    whole = quantify_volume(water, fat, labels, config=config)
+    part = quantify_chunked(da.from_array(water, chunks=(8, 8, 8)),
+                            da.from_array(fat, chunks=(8, 8, 8)),
+                            da.from_array(labels, chunks=(5, 7, 9)), config=config)
+    np.testing.assert_array_equal(part.acc.counts, whole.acc.counts)
+    np.testing.assert_array_equal(part.medians, whole.medians)
+
+
+def test_dask_graph_building_runs_no_kernel(monkeypatch):
+    """map_blocks gets dtype= and meta=, so building the graph never calls the kernel."""
+    import pipelines.quantify.volume as vol
+
+    calls = []
+    real = vol.accumulate_muscles
+
+    def spy(*a, **k):
+        calls.append(a[0].shape)
+        return real(*a, **k)
+
+    monkeypatch.setattr(vol, "accumulate_muscles", spy)
+    water, fat, labels = random_volume(6, shape=(10, 10, 10))
+    res = vol.quantify_chunked(*(da.from_array(a, chunks=5) for a in (water, fat, labels)),
+                               config=QuantifyConfig(), want_ff=False)
+    assert len(calls) == 8 and all(s == (5, 5, 5) for s in calls)
+    assert res.ff is None
+
+
+def test_medians_exact_with_ties_and_even_counts():
+    # values chosen to sit on bin edges and the fat threshold, with ties, even and odd counts
+    ff_vals = {1: [0.5, 0.5, 0.25, 0.75], 2: [0.1, 0.1, 0.1], 3: [0.0, 1.0], 4: [0.49999, 0.5]}
+    water, fat, labels = [], [], []
+    for lab, vals in ff_vals.items():
+        for v in vals:
+            water.append(100.0 * (1 - v))
+            fat.append(100.0 * v)
+            labels.append(lab)
+    water = np.array(water + [100.0] * 10, np.float32).reshape(1, 1, -1)
+    fat = np.array(fat + [0.0] * 10, np.float32).reshape(1, 1, -1)
+    labels = np.array(labels + [0] * 10, np.uint8).reshape(1, 1, -1)
+    for nbins in (1, 2, 4, 256):
+        res = quantify_volume(water, fat, labels, config=QuantifyConfig(histogram_bins=nbins))
+        for lab in ff_vals:
+            sel = np.flatnonzero(labels.ravel() == lab)
+            f64 = fat.ravel()[sel].astype(np.float64)
+            ref = np.median(f64 / (water.ravel()[sel] + f64))
+            assert math.isclose(res.medians[lab], ref, rel_tol=1e-12), (nbins, lab)
+        assert np.isnan(res.medians[5])
+
+
+def test_percentile_candidate_path_is_exact():
+    """Volumes above 2 x SAMPLE_SIZE take the sampled-bound path; the floor must still be the
+    exact np.percentile."""
+    rng = np.random.default_rng(7)
+    shape = (80, 80, 70)  # 448k voxels
+    water = rng.lognormal(5, 1, shape).astype(np.float32)
+    fat = rng.lognormal(4, 1.5, shape).astype(np.float32)
+    s = water.astype(np.float64) + fat
+    n = s.size
+    step = max(1, n // kernels.SAMPLE_SIZE)
+    sample = kernels.signal_sample(water, fat, step)
+    t = kernels.candidate_threshold(sample, n, 99.0)
+    assert t > -math.inf
+    nf, tail = kernels.signal_tail(water, fat, t)
+    assert nf == n and tail.size < 0.05 * n
+    got = kernels.percentile_from_tail(tail, nf, 99.0)
+    assert got == np.percentile(s, 99.0)
+
+
+def test_percentile_falls_back_when_bound_too_high(monkeypatch):
+    import pipelines.quantify.volume as vol
+
+    monkeypatch.setattr(vol, "candidate_threshold", lambda sample, n, q: 1e30)
+    water, fat, labels = random_volume(8)
+    res = vol.quantify_volume(water, fat, labels, config=QuantifyConfig())
+    s = water.astype(np.float64) + fat
+    assert res.percentile == np.percentile(s, 99.0)
+
+
+def test_percentile_from_tail_reports_short_tail():
+    assert kernels.percentile_from_tail(np.array([5.0]), 100, 99.0) is None
+    with pytest.raises(ValueError, match="no finite"):
+        kernels.percentile_from_tail(np.array([]), 0, 99.0)
+
+
+def test_non_finite_voxels_are_low_signal_and_excluded_from_percentile():
+    water, fat, labels = random_volume(9)
+    water[0, 0, :5] = np.nan
+    labels[0, 0, :5] = 3
+    res = quantify_volume(water, fat, labels, config=QuantifyConfig())
+    s = water.astype(np.float64) + fat
+    assert res.n_finite == s.size - 5
+    assert res.percentile == np.percentile(s[np.isfinite(s)], 99.0)
+    assert np.isnan(res.ff[0, 0, :5]).all()
+    ref_low = int(((labels == 3) & ~(s >= res.floor)).sum())
+    assert res.acc.n_low[3] == ref_low
+
+
+def test_fat_fraction_kernel():
+    w = np.array([1.0, 0.0, 3.0, 0.0, 50.0], np.float32)
+    f = np.array([1.0, 0.0, 1.0, 2.0, 50.0], np.float32)
+    ff = kernels.fat_fraction(w, f, floor=1.5)
+    assert ff.dtype == np.float32
+    np.testing.assert_array_equal(ff, np.array([0.5, np.nan, 0.25, 1.0, 0.5], np.float32))
+    ff0 = kernels.fat_fraction(w, f, floor=0.0)
+    assert np.isnan(ff0[1]) and ff0[0] == 0.5
+
+
+def test_accumulator_vectors_add_up():
+    water, fat, labels = random_volume(10)
+    kw = {"floor": 30.0, "fat_threshold": 0.5, "nbins": 8, "swap_ff": 0.5}
+    whole = kernels.accumulate_muscles(water, fat, labels, **kw)
+    halves = (kernels.accumulate_muscles(water[:11], fat[:11], labels[:11], **kw)
+              + kernels.accumulate_muscles(water[11:], fat[11:], labels[11:], **kw))
+    np.testing.assert_allclose(whole, halves, rtol=1e-12)
+    acc = kernels.AccumulatorLayout(8).unpack(whole)
+    assert acc.n_voxels[1:].sum() == int((labels > 0).sum())
+
+
+def test_bad_label_values_counted():
+    water, fat, labels = random_volume(11)
+    labels[0, 0, 0] = 40
+    labels[1, 0, 0] = 19
+    res = quantify_volume(water, fat, labels, config=QuantifyConfig())
+    assert res.acc.n_bad_label == 2
+    assert kernels.bad_label_values(labels) == [19, 40]
+
+
+def test_array_namespace_is_numpy_for_numpy_and_dask_meta():
+    assert kernels.array_namespace(np.zeros(2), None) is np
+    assert kernels.array_namespace(da.zeros(2)._meta) is np
