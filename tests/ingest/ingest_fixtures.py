@@ -1,4 +1,4 @@
-"""Small hand-made NIfTI/DICOM fixtures for the ingest tests (the project-wide synthetic
+"""Small hand-made NIfTI/DICOM writers for the ingest tests (the project-wide synthetic
 cohort comes from pipelines.synth; these stay tiny and fully known)."""
 
 from __future__ import annotations
@@ -7,7 +7,6 @@ import csv
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -115,13 +114,3 @@ def write_manifest(path: Path, rows: list[dict]) -> Path:
         for r in rows:
             w.writerow({c: r.get(c, "") for c in cols})
     return path
-
-
-@pytest.fixture
-def make_nifti():
-    return write_nifti
-
-
-@pytest.fixture
-def make_dicom():
-    return write_dicom_series
