@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -311,11 +312,18 @@ def _dcmread(f: Path, *, pixels: bool):
     from pydicom.errors import InvalidDicomError
 
     try:
-        return pydicom.dcmread(f, stop_before_pixels=not pixels)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            ds = pydicom.dcmread(f, stop_before_pixels=not pixels)
     except InvalidDicomError as e:
         raise ReaderError(f"{f}: not a DICOM file ({e})") from e
     except Exception as e:  # truncated files raise EOFError, OSError, struct errors...
         raise ReaderError(f"{f}: unreadable or truncated DICOM file ({type(e).__name__})") from e
+    # pydicom returns what it could parse of a cut-off file with only a warning
+    for w in caught:
+        if "end of file" in str(w.message).lower():
+            raise ReaderError(f"{f}: truncated DICOM file (ends before its last element)")
+    return ds
 
 
 def _pixels(ds, f: Path) -> np.ndarray:
@@ -327,7 +335,7 @@ def _pixels(ds, f: Path) -> np.ndarray:
         return ds.pixel_array
     except Exception as e:  # truncated pixel data, missing codec, ...
         raise ReaderError(
-            f"{f}: cannot decode pixel data (transfer syntax "
+            f"{f}: cannot decode pixel data, truncated or corrupt? (transfer syntax "
             f"{getattr(getattr(ds, 'file_meta', None), 'TransferSyntaxUID', '?')}; "
             f"{type(e).__name__}: {e})"
         ) from e
