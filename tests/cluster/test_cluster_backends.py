@@ -1,0 +1,286 @@
+"""Cluster backends: a contract every backend passes, then each backend's specifics.
+
+SLURM and Kubernetes are checked through what they render (as dask-jobqueue tests its
+job scripts); the real SLURM run is in test_cluster_slurm.py behind the ``slurm`` marker.
+"""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from cluster import (
+    BACKENDS,
+    BUILTIN_PROFILES,
+    ClusterUnavailable,
+    ProfileError,
+    backend_for,
+    get_backend,
+    load_profile,
+    profile_from_dict,
+    profile_to_dict,
+)
+from cluster.base import ClusterBackend
+
+PROFILES = {
+    "local": {"backend": "local", "n_workers": 1},
+    "local-cuda": {"backend": "local-cuda"},
+    "slurm": {"backend": "slurm", "slurm": {"cores": 2, "memory": "2GiB"}},
+    "kubernetes": {"backend": "kubernetes", "kubernetes": {"gpus": 1}},
+    "tcp": {"backend": "tcp", "address": "tcp://127.0.0.1:8786"},
+}
+
+
+class BackendContract:
+    """What every backend must do; subclasses set ``name``."""
+
+    name: str
+
+    @pytest.fixture
+    def profile(self):
+        return profile_from_dict(PROFILES[self.name], name=f"test-{self.name}")
+
+    def test_registered(self):
+        cls = get_backend(self.name)
+        assert issubclass(cls, ClusterBackend) and cls.name == self.name
+        assert cls.description
+
+    def test_profile_pickles_and_round_trips(self, profile):
+        assert pickle.loads(pickle.dumps(profile)) == profile
+        assert profile_from_dict(profile_to_dict(profile), name=profile.name) == profile
+        hash(profile)  # frozen and hashable
+
+    def test_backend_pickles(self, profile):
+        backend = backend_for(profile)
+        assert pickle.loads(pickle.dumps(backend)).profile == profile
+
+    def test_render_starts_nothing(self, profile, monkeypatch):
+        import distributed
+
+        def no_cluster(*a, **k):
+            raise AssertionError("render started a cluster")
+
+        monkeypatch.setattr(distributed, "LocalCluster", no_cluster)
+        monkeypatch.setattr(distributed, "Client", no_cluster)
+        text = backend_for(profile).render()
+        assert isinstance(text, str) and text.strip()
+
+    def test_wrong_profile_refused(self, profile):
+        other = next(n for n in BACKENDS if n != self.name)
+        with pytest.raises(ValueError, match=self.name):
+            get_backend(other)(profile)
+
+
+class TestLocal(BackendContract):
+    name = "local"
+
+
+class TestLocalCUDA(BackendContract):
+    name = "local-cuda"
+
+
+class TestSlurm(BackendContract):
+    name = "slurm"
+
+
+class TestKubernetes(BackendContract):
+    name = "kubernetes"
+
+
+class TestTCP(BackendContract):
+    name = "tcp"
+
+
+def test_get_backend_error_lists_names():
+    with pytest.raises(ValueError, match="valid: .*kubernetes.*local.*slurm"):
+        get_backend("yarn")
+
+
+@pytest.mark.parametrize("name", BUILTIN_PROFILES)
+def test_builtin_profiles_load(name):
+    p = load_profile(name)
+    assert p.backend == name and p.name == name
+    assert p.dashboard_address.startswith("127.0.0.1:")
+    assert p.tls_enabled is (name != "local")
+
+
+def test_load_profile_from_file_and_address(tmp_path):
+    f = tmp_path / "site.yaml"
+    f.write_text("backend: slurm\nslurm:\n  queue: gpu\n  gpus_per_job: 2\n  cores: 8\n")
+    p = load_profile(f)
+    assert p.name == "site" and p.slurm.queue == "gpu" and p.slurm.gpus_per_job == 2
+    p = load_profile("tcp://10.0.0.1:8786")
+    assert p.backend == "tcp" and p.address == "tcp://10.0.0.1:8786" and not p.tls_enabled
+    with pytest.raises(ProfileError, match="built-in profiles"):
+        load_profile(tmp_path / "missing.yaml")
+
+
+@pytest.mark.parametrize(("data", "match"), [
+    ({"backend": "yarn"}, "valid: .*slurm"),
+    ({"backend": "local", "workers": 2}, r"unknown key\(s\) \['workers'\]; valid:"),
+    ({"backend": "slurm", "slurm": {"walltime": "two hours"}}, "HH:MM:SS"),
+    ({"backend": "slurm", "slurm": {"cores": "four"}}, "cores: expected an integer"),
+    ({"backend": "slurm", "slurm": {"min_jobs": 5, "max_jobs": 2}}, "min_jobs 5 > max_jobs"),
+    ({"backend": "kubernetes", "kubernetes": {"gpus": -1}}, "gpus"),
+    ({"backend": "kubernetes", "kubernetes": {"tolerations": {"key": "x"}}}, "tolerations"),
+    ({"backend": "tcp"}, "needs address"),
+    ({"backend": "tcp", "address": "tls://h:1"}, "needs tls.ca_file"),
+    ({"backend": "local", "tls": {"ca_file": "ca.pem"}}, "all of ca_file, cert and key"),
+    ({"backend": "local-cuda", "n_workers": 2}, "one worker per GPU"),
+    ({"backend": "local", "n_workers": 0}, "n_workers must be >= 1"),
+])
+def test_profile_validation_names_the_problem(data, match):
+    with pytest.raises(ProfileError, match=match):
+        profile_from_dict(data, name="bad")
+
+
+# ---- SLURM: assert on the rendered job script -------------------------------------------
+def slurm_script(**slurm) -> str:
+    return backend_for(profile_from_dict({"backend": "slurm", "slurm": slurm})).render()
+
+
+def test_slurm_job_script_directives():
+    s = slurm_script(cores=8, memory="32GiB", processes=2, walltime="04:30:00", queue="long",
+                     account="proj42", job_extra_directives=["--exclusive", "--qos=high"],
+                     job_script_prologue=["module load cuda"], python="/opt/venv/bin/python")
+    assert s.startswith("#!/usr/bin/env bash")
+    for line in ("#SBATCH --cpus-per-task=8", "#SBATCH -t 04:30:00", "#SBATCH -p long",
+                 "#SBATCH -A proj42", "#SBATCH --exclusive", "#SBATCH --qos=high",
+                 "module load cuda"):
+        assert line in s, line
+    assert "#SBATCH --mem=32G" in s or "#SBATCH --mem=34G" in s
+    assert "/opt/venv/bin/python -m distributed.cli.dask_worker" in s
+    assert "--nworkers 2" in s and "--nthreads 4" in s
+    assert "--gres" not in s and "GPU=" not in s
+
+
+def test_slurm_gpu_jobs_run_dask_cuda_workers_advertising_gpu():
+    s = slurm_script(gpus_per_job=4, cores=16)
+    assert "#SBATCH --gres=gpu:4" in s
+    assert "-m dask_cuda.cli worker" in s
+    assert "--resources GPU=1" in s
+
+
+def test_slurm_tls_by_default_and_own_certificates(tmp_path):
+    s = slurm_script()
+    assert "tls://" in s and "--tls-ca-file" in s and "--tls-key" in s
+    for name in ("ca.pem", "cert.pem", "key.pem"):
+        (tmp_path / name).write_text("x")
+    p = profile_from_dict({"backend": "slurm", "tls": {
+        "ca_file": str(tmp_path / "ca.pem"), "cert": str(tmp_path / "cert.pem"),
+        "key": str(tmp_path / "key.pem")}})
+    s = backend_for(p).render()
+    assert f"--tls-ca-file {tmp_path / 'ca.pem'}" in s
+    p = profile_from_dict({"backend": "slurm", "tls": {"enabled": False}})
+    s = backend_for(p).render()
+    assert "--tls" not in s and "tcp://" in s
+
+
+# ---- Kubernetes: assert on the rendered manifest ----------------------------------------
+def k8s_manifest(**k) -> dict:
+    text = backend_for(profile_from_dict({"backend": "kubernetes", "kubernetes": k})).render()
+    (doc,) = list(yaml.safe_load_all(text))
+    return doc
+
+
+def test_kubernetes_manifest_gpu_resources_selectors_tolerations():
+    doc = k8s_manifest(image="reg.example/myocohort:1.2", gpus=2, cpu="8", memory="32Gi",
+                       node_selector={"gpu": "a100"}, namespace="imaging",
+                       tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists",
+                                     "effect": "NoSchedule"}], n_workers=3)
+    assert doc["kind"] == "DaskCluster" and doc["apiVersion"].startswith("kubernetes.dask.org/")
+    assert doc["metadata"]["namespace"] == "imaging"
+    worker = doc["spec"]["worker"]
+    assert worker["replicas"] == 3
+    pod = worker["spec"]
+    c = pod["containers"][0]
+    assert c["image"] == "reg.example/myocohort:1.2"
+    assert c["resources"]["limits"] == {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": 2}
+    assert c["args"][:3] == ["dask", "cuda", "worker"]
+    assert c["args"][c["args"].index("--resources") + 1] == "GPU=1"
+    assert pod["nodeSelector"] == {"gpu": "a100"}
+    assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
+    sched = doc["spec"]["scheduler"]["spec"]
+    assert sched["nodeSelector"] == {"gpu": "a100"}
+
+
+def test_kubernetes_manifest_tls_secret_and_localhost_dashboard():
+    doc = k8s_manifest()
+    for part in ("worker", "scheduler"):
+        pod = doc["spec"][part]["spec"]
+        assert pod["volumes"][0]["secret"]["secretName"] == "myocohort-tls"
+        env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
+        assert env["DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION"] == "True"
+        assert env["DASK_DISTRIBUTED__COMM__TLS__CA_FILE"].endswith("ca.pem")
+    args = doc["spec"]["scheduler"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--dashboard-address") + 1].startswith("127.0.0.1:")
+    cpu = k8s_manifest(gpus=0)["spec"]["worker"]["spec"]["containers"][0]
+    assert "nvidia.com/gpu" not in cpu["resources"]["limits"] and "cuda" not in cpu["args"]
+
+
+def test_kubernetes_temporary_tls_secret_manifest():
+    from distributed.security import Security
+
+    backend = backend_for(load_profile("kubernetes"))
+    secret = backend.tls_secret_manifest(Security.temporary())
+    assert secret["kind"] == "Secret" and set(secret["data"]) == {"ca.pem", "tls.crt", "tls.key"}
+
+
+# ---- local-cuda without a GPU ------------------------------------------------------------
+def test_local_cuda_without_gpu_suggests_local(monkeypatch):
+    from cluster import local_cuda
+
+    monkeypatch.setattr(local_cuda, "count_gpus", lambda: 0)
+    backend = backend_for(load_profile("local-cuda"))
+    with pytest.raises(ClusterUnavailable, match="--cluster local"):
+        with backend.client():
+            pass
+
+
+def test_slurm_without_sbatch_is_a_clear_error(monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(ClusterUnavailable, match="sbatch"):
+        with backend_for(load_profile("slurm")).client():
+            pass
+
+
+# ---- local and tcp clusters for real -------------------------------------------------------
+def test_local_cluster_tls_and_localhost_dashboard():
+    p = profile_from_dict({"backend": "local", "n_workers": 1, "tls": {"enabled": True},
+                           "dashboard_address": "127.0.0.1:0"})
+    with backend_for(p).client() as client:
+        info = client.scheduler_info()
+        assert info["address"].startswith("tls://127.0.0.1:")
+        assert all(a.startswith("tls://") for a in info["workers"])
+        assert "127.0.0.1" in client.dashboard_link
+        assert client.submit(sum, [1, 2]).result() == 3
+
+
+def test_tcp_backend_connects_to_existing_scheduler():
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=":0",
+                      host="127.0.0.1") as existing:
+        p = load_profile(existing.scheduler_address)
+        with backend_for(p).client() as client:
+            assert client.submit(abs, -4).result() == 4
+        assert len(existing.scheduler_info["workers"]) == 1  # the client left workers alone
+
+
+def test_cli_cluster_render_and_list():
+    from jobs.cli import app
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["cluster", "render", "slurm"])
+    assert r.exit_code == 0 and "#SBATCH" in r.stdout
+    r = runner.invoke(app, ["cluster", "render", "kubernetes"])
+    assert r.exit_code == 0 and "kind: DaskCluster" in r.stdout
+    r = runner.invoke(app, ["cluster", "render", "nonsense"])
+    assert r.exit_code == 2 and "built-in profiles" in r.stderr
+    r = runner.invoke(app, ["cluster", "list"])
+    assert r.exit_code == 0 and "local-cuda" in r.stdout
