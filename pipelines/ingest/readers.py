@@ -189,6 +189,20 @@ def _finish(data: np.ndarray, path: Path, labels: bool) -> np.ndarray:
 # NIfTI
 
 
+def _gzip_truncated(path: Path) -> bool:
+    """True when the gzip stream of ``path`` ends early or is corrupt."""
+    import gzip
+    import zlib
+
+    try:
+        with gzip.open(path, "rb") as fh:
+            while fh.read(1 << 20):
+                pass
+    except (EOFError, OSError, zlib.error):
+        return True
+    return False
+
+
 def read_nifti(path: str | Path, *, labels: bool = False) -> Volume:
     """Read a NIfTI-1 or NIfTI-2 file (``.nii`` or ``.nii.gz``).
 
@@ -205,6 +219,8 @@ def read_nifti(path: str | Path, *, labels: bool = False) -> Volume:
     except FileNotFoundError:
         raise ReaderError(f"{p}: file not found") from None
     except Exception as e:  # nibabel raises many types for a bad header
+        if p.name.lower().endswith(".gz") and _gzip_truncated(p):
+            raise ReaderError(f"{p}: truncated or corrupt gzip stream") from e
         raise ReaderError(f"{p}: unreadable NIfTI header ({type(e).__name__}: {e})") from e
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise ReaderError(f"{p}: not a NIfTI image (nibabel read it as {type(img).__name__})")
@@ -441,6 +457,8 @@ def read_dicom(path: str | Path, *, labels: bool = False) -> Volume:
     headers = []
     for f in files:
         ds = _dcmread(f, pixels=True)
+        if not any(t in ds for t in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+            raise ReaderError(f"{f}: DICOM file has no pixel data (truncated, or not an image)")
         headers.append((f, ds))
     series: dict[str, list] = {}
     for f, ds in headers:
