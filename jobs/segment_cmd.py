@@ -1,7 +1,179 @@
-"""CLI commands of the segment stage (placeholder until the stage lands)."""
+"""CLI commands of the segment stage: ``train``, ``segment`` and ``export-model``."""
 
 from __future__ import annotations
 
+from pathlib import Path
 
-def register(app) -> None:
+import typer
+
+
+def _channels(value: str) -> tuple[str, ...]:
+    chans = tuple(c.strip() for c in value.split(",") if c.strip())
+    if not chans:
+        raise typer.BadParameter("give at least water,fat")
+    return chans
+
+
+def train(
+    out: Path = typer.Option(..., "--out", help="Checkpoint to write (e.g. MODEL.pt); a model "
+                             "card MODEL.json is written beside it."),
+    store: Path | None = typer.Option(
+        None, "--store", help="Cohort store whose participants have 'labels' (imported from "
+        "the manifest, e.g. TotalSegmentator output with its label map, or a synthetic "
+        "cohort). Required unless --synthetic."),
+    synthetic: bool = typer.Option(
+        False, "--synthetic", help="Train on fresh in-memory synthetic phantoms instead of a "
+        "store (how the shipped default model is made)."),
+    epochs: int = typer.Option(20, "--epochs", help="Epochs; one epoch is --steps-per-epoch "
+                               "optimiser steps."),
+    steps_per_epoch: int = typer.Option(100, "--steps-per-epoch",
+                                        help="Optimiser steps per epoch."),
+    batch_size: int = typer.Option(1, "--batch-size", help="Patches per optimiser step."),
+    learning_rate: float = typer.Option(2e-3, "--learning-rate",
+                                        help="AdamW peak learning rate (cosine decay)."),
+    channels: str = typer.Option("water,fat", "--channels", help="Comma-separated input "
+                                 "channels (water,fat[,in_phase,opposed_phase])."),
+    spacing_mm: float = typer.Option(6.0, "--spacing-mm", help="Isotropic training grid "
+                                     "(mm); store images are resampled to it."),
+    val_every: int = typer.Option(200, "--val-every", help="Validate and checkpoint every "
+                                  "this many steps."),
+    target_dice: float = typer.Option(0.94, "--target-dice", help="Stop when the mean "
+                                      "validation Dice over the 18 muscles reaches this "
+                                      "(0 disables early stopping)."),
+    max_minutes: float = typer.Option(0.0, "--max-minutes", help="Stop after this many "
+                                      "minutes of training (0: no limit)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    threads: int = typer.Option(2, "--threads", help="Torch CPU threads."),
+    seed: int = typer.Option(0, "--seed", help="Seed of initialisation and patch sampling."),
+    full_precision: bool = typer.Option(
+        False, "--full-precision", help="Store float32 weights (default float16: half the "
+        "file size, loaded back into float32)."),
+) -> None:
+    """Train a segmentation model on a labelled store (or on synthetic phantoms).
+
+    The checkpoint holds the weights, the label vocabulary, the input channels, the
+    normalisation and resampling spec, a hash of the training data and the validation Dice
+    per muscle; it loads with torch and MONAI alone. The best checkpoint so far is rewritten
+    at every validation, so an interrupted run keeps its best model.
+    """
+    from pipelines.segment.training import TrainConfig, train_on_phantoms
+    from pipelines.segment.training import train as train_store
+
+    if synthetic == (store is not None):
+        print("error: give exactly one of --store STORE or --synthetic")
+        raise typer.Exit(2)
+    try:
+        config = TrainConfig(
+            epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size,
+            learning_rate=learning_rate, channels=_channels(channels),
+            spacing_mm=(spacing_mm,) * 3, val_every=val_every,
+            target_dice=target_dice or None, max_minutes=max_minutes or None,
+            num_threads=threads, seed=seed, device=device, half_weights=not full_precision,
+        )
+        if synthetic:
+            result = train_on_phantoms(out, config=config)
+        else:
+            result = train_store(store, out, config=config)
+    except ValueError as e:
+        print(f"error: {e}")
+        raise typer.Exit(2) from None
+    worst = min(result.dice.items(), key=lambda kv: kv[1]) if result.dice else ("-", 0.0)
+    print(f"model {result.path} (sha256 {result.sha256[:12]}): {result.steps} steps in "
+          f"{result.seconds:.0f} s, validation mean Dice {result.mean_dice:.4f} "
+          f"(lowest: {worst[0]} {worst[1]:.4f})")
+
+
+def segment(
+    store: Path = typer.Option(..., "--store", help="Cohort store (written by `ingest`)."),
+    model: Path | None = typer.Option(
+        None, "--model", help="Checkpoint from `myocohort train`; default: the shipped "
+        "phantom-trained model (for demos and synthetic data only)."),
+    participants: str = typer.Option("", "--participants", help="Comma-separated "
+                                     "participant ids (default: every participant)."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when usable), cpu, cuda "
+                               "or cuda:N."),
+    sw_batch_size: int = typer.Option(4, "--sw-batch-size", help="Sliding windows per forward "
+                                      "pass."),
+    overlap: float | None = typer.Option(None, "--overlap", help="Sliding-window overlap in "
+                                         "[0, 1) (default: the checkpoint's)."),
+    force: bool = typer.Option(False, "--force", help="Also re-segment participants whose "
+                               "labels came from the manifest (bring your own "
+                               "segmentation); by default they are kept."),
+    scheduler: str = typer.Option("", "--scheduler", help="Address of a running Dask "
+                                  "scheduler (tcp://host:8786); default: run in this process."),
+    traceback_dir: Path | None = typer.Option(None, "--traceback-dir", help="Folder for the "
+                                              "tracebacks of failing participants."),
+) -> None:
+    """Segment the 18 muscles of every participant and write 'labels' into the store.
+
+    Also stores per-muscle confidence (mean max-softmax) for QC under
+    attrs["myocohort"]["segmentation"]. Exit code 0 when all participants succeeded, 1 when
+    some failed (listed), 2 when the model or store is unusable (nothing is done).
+    """
+    from pipelines import store as st
+    from pipelines.segment import CheckpointError, SegmentConfig, segment_cohort
+
+    try:
+        config = SegmentConfig(device=device, sw_batch_size=sw_batch_size, overlap=overlap,
+                               force=force)
+    except ValueError as e:
+        print(f"error: {e}")
+        raise typer.Exit(2) from None
+    ids = [p.strip() for p in participants.split(",") if p.strip()] or st.participant_ids(store)
+    if not ids:
+        print(f"error: store {store} has no participants")
+        raise typer.Exit(2)
+    client = None
+    try:
+        if scheduler:
+            from distributed import Client
+
+            client = Client(scheduler)
+        outcomes = segment_cohort(store, ids, model_path=model, config=config, client=client,
+                                  traceback_dir=traceback_dir)
+    except (CheckpointError, ValueError) as e:
+        print(f"error: {e}")
+        raise typer.Exit(2) from None
+    finally:
+        if client is not None:
+            client.close()
+    failed = [o for o in outcomes if not o.ok]
+    done = [o for o in outcomes if o.ok and not o.value.skipped]
+    kept = [o for o in outcomes if o.ok and o.value.skipped]
+    if done:
+        secs = sum(o.value.seconds for o in done) / len(done)
+        print(f"segmented {len(done)} participant(s) with {done[0].value.labels_source} on "
+              f"{done[0].value.device}, {secs:.2f} s each")
+    if kept:
+        print(f"kept manifest labels of {len(kept)} participant(s) (use --force to re-segment)")
+    for o in failed:
+        print(f"failed: {o.failure.message}")
+    raise typer.Exit(1 if failed else 0)
+
+
+def export_model(
+    out: Path = typer.Option(..., "--out", help="TorchScript file to write (e.g. model.ts)."),
+    model: Path | None = typer.Option(None, "--model", help="Checkpoint to export; default: "
+                                      "the shipped phantom-trained model."),
+) -> None:
+    """Export a checkpoint as TorchScript for deployment (needs only torch to load).
+
+    The file's forward() maps normalised windows to logits, normalise() applies the model's
+    intensity normalisation, and the extra file meta.json carries the vocabulary, channels,
+    spacing, sliding-window ROI and validation figures.
+    """
+    from pipelines.segment import CheckpointError, export_torchscript
+
+    try:
+        path = export_torchscript(model, out)
+    except CheckpointError as e:
+        print(f"error: {e}")
+        raise typer.Exit(2) from None
+    print(f"wrote {path}")
+
+
+def register(app: typer.Typer) -> None:
     """Add this module's commands to the typer app."""
+    app.command("train")(train)
+    app.command("segment")(segment)
+    app.command("export-model")(export_model)
