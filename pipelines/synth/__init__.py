@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from pipelines.synth.cohort import CbpModel, SynthConfig, SynthResult, build_cohort
+from pipelines.synth.cohort import (
+    CbpModel,
+    SynthConfig,
+    SynthResult,
+    build_cohort,
+    cohort_phantom,
+)
 from pipelines.synth.phantom import Phantom, PhantomSpec, make_phantom
 from pipelines.synth.truth import truth_metrics
 
@@ -13,6 +19,7 @@ __all__ = [
     "SynthConfig",
     "SynthResult",
     "build_cohort",
+    "cohort_phantom",
     "make_phantom",
     "truth_metrics",
 ]

@@ -37,7 +37,15 @@ from pipelines.synth.writers import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SynthConfig", "SynthResult", "build_cohort", "draw_participant", "Participant"]
+__all__ = [
+    "CbpModel",
+    "Participant",
+    "SynthConfig",
+    "SynthResult",
+    "build_cohort",
+    "cohort_phantom",
+    "draw_participant",
+]
 
 CHANNEL_ORDER = ("water", "fat", "in_phase", "opposed_phase")
 _IMAGE_TYPE = {"water": "W", "fat": "F", "in_phase": "IN_PHASE", "opposed_phase": "OUT_PHASE"}
@@ -342,6 +350,35 @@ def _draw_cbp(
     return cbp, pain, record
 
 
+def _plan(
+    config: SynthConfig,
+) -> tuple[list[Participant], list[np.random.SeedSequence], np.random.SeedSequence]:
+    """The participants of a config and their (fresh, unspawned) seeds."""
+    root = np.random.SeedSequence(config.seed)
+    people_seed, outcome_seed, *participant_seeds = root.spawn(2 + config.participants)
+    rng = np.random.default_rng(people_seed)
+    width = max(4, len(str(config.participants)))
+    site_names = [f"site{chr(ord('A') + i)}" if i < 26 else f"site{i + 1}"
+                  for i in range(config.sites)]
+    people = [
+        draw_participant(rng, f"{config.id_prefix}{i + 1:0{width}d}",
+                         site_names[int(rng.integers(config.sites))], myopathy=config.myopathy)
+        for i in range(config.participants)
+    ]
+    return people, participant_seeds, outcome_seed
+
+
+def cohort_phantom(config: SynthConfig, index: int) -> tuple[Participant, Phantom]:
+    """Rebuild, in memory, participant ``index`` (0-based) of the cohort ``config`` describes:
+    the same arrays ``build_cohort`` split into station files (e.g. to train on the whole
+    volume or to check a reader's geometry)."""
+    people, seeds, _ = _plan(config)
+    if not 0 <= index < len(people):
+        raise ValueError(f"participant index {index} outside 0..{len(people) - 1}")
+    phantom_seed, _ = seeds[index].spawn(2)
+    return people[index], make_phantom(_phantom_spec(config, people[index]), phantom_seed)
+
+
 def build_cohort(config: SynthConfig, out: Path) -> SynthResult:
     """Write a synthetic cohort into ``out`` (created; existing files are overwritten).
 
@@ -360,17 +397,7 @@ def build_cohort(config: SynthConfig, out: Path) -> SynthResult:
     t0 = time.perf_counter()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    root = np.random.SeedSequence(config.seed)
-    people_seed, outcome_seed, *participant_seeds = root.spawn(2 + config.participants)
-    rng = np.random.default_rng(people_seed)
-    width = max(4, len(str(config.participants)))
-    site_names = [f"site{chr(ord('A') + i)}" if i < 26 else f"site{i + 1}"
-                  for i in range(config.sites)]
-    people = [
-        draw_participant(rng, f"{config.id_prefix}{i + 1:0{width}d}",
-                         site_names[int(rng.integers(config.sites))], myopathy=config.myopathy)
-        for i in range(config.participants)
-    ]
+    people, participant_seeds, outcome_seed = _plan(config)
     if config.workers > 1:
         from concurrent.futures import ProcessPoolExecutor
 
