@@ -313,11 +313,11 @@ _MUSCLE_PLAN: tuple[tuple[str, list[tuple[float, ...]]], ...] = (
     ),
     (
         "gluteus_medius",
-        [(0.455, 130, -22, 21, 36), (0.53, 130, -26, 22, 42), (0.60, 120, -30, 20, 36)],
+        [(0.455, 134, -22, 21, 36), (0.53, 134, -26, 22, 42), (0.60, 124, -30, 20, 36)],
     ),
     (
         "gluteus_minimus",
-        [(0.455, 99, -8, 15, 28), (0.51, 101, -10, 16, 32), (0.57, 98, -12, 15, 26)],
+        [(0.455, 99, -8, 17, 28), (0.51, 101, -10, 18, 32), (0.57, 98, -12, 16, 26)],
     ),
     (
         "iliopsoas",
@@ -527,7 +527,27 @@ def _paint_anatomy(
         d2 = ((grid.x - side * xl * mscale) ** 2 + (grid.y - yh * mscale) ** 2
               + (zz - zh) ** 2)
         tissue[d2 <= (rad * mscale) ** 2] = BONE_MARROW
-    return _cut_fascia(tissue)
+    return _drop_fragments(_cut_fascia(tissue))
+
+
+def _drop_fragments(tissue: np.ndarray) -> np.ndarray:
+    """Keep each labelled muscle's largest connected piece; slivers cut off by crossing
+    structures become intermuscular fat (a real muscle is one body)."""
+    from scipy import ndimage
+
+    for m in MUSCLE_BY_NAME.values():
+        mask = tissue == m.label
+        if not mask.any():
+            continue
+        box = ndimage.find_objects(mask.astype(np.uint8))[0]
+        comp, n = ndimage.label(mask[box])
+        if n <= 1:
+            continue
+        sizes = np.bincount(comp.ravel())
+        sizes[0] = 0
+        sub = tissue[box]
+        sub[(comp > 0) & (comp != int(np.argmax(sizes)))] = INTERMUSCULAR_FAT
+    return tissue
 
 
 def _is_muscle(tissue: np.ndarray) -> np.ndarray:
