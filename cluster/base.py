@@ -47,6 +47,17 @@ class ClusterBackend(abc.ABC):
     def client(self) -> AbstractContextManager[Client]:
         """Start the cluster; yield a connected client; close both on exit."""
 
+    def dashboard_link(self, client: Client) -> str | None:
+        """The dashboard URL as bound by this profile (``client.dashboard_link`` names the
+        scheduler's network address even when the dashboard listens on localhost only)."""
+        port = client.scheduler_info().get("services", {}).get("dashboard")
+        host = self.profile.dashboard_address.rsplit(":", 1)[0].strip("[]")
+        if port is None:
+            return None
+        if self.name == "kubernetes" or host in ("", "0.0.0.0", "::"):
+            return client.dashboard_link
+        return f"http://{host}:{port}/status"
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(profile={self.profile.name!r})"
 

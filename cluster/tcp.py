@@ -23,6 +23,9 @@ class TCPBackend(ClusterBackend):
         tls = "TLS with the profile's certificates" if self.profile.tls_enabled else "no TLS"
         return f"# connect to the existing scheduler {self.profile.address} ({tls})\n"
 
+    def dashboard_link(self, client: Client) -> str | None:
+        return client.dashboard_link  # the remote scheduler decides where it listens
+
     @contextmanager
     def client(self) -> Iterator[Client]:
         from distributed import Client

@@ -209,7 +209,7 @@ class _LazyClient:
             backend = backend_for(self.profile)
             self.echo(f"starting cluster: profile {self.profile.name!r} ({backend.description})")
             self.client = self.stack.enter_context(backend.client())
-            self.dashboard_link = self.client.dashboard_link
+            self.dashboard_link = backend.dashboard_link(self.client)
             workers = self.client.scheduler_info(n_workers=-1).get("workers", {})
             self.echo(f"dashboard: {self.dashboard_link}  ({len(workers)} worker(s))")
             self.events.event("cluster_started", profile=self.profile.name,
@@ -677,7 +677,8 @@ def cluster_check(
         backend = backend_for(load_profile(profile))
         with backend.client() as client:
             info = client.scheduler_info(n_workers=-1)
-            print(f"scheduler: {info.get('address')}  dashboard: {client.dashboard_link}")
+            print(f"scheduler: {info.get('address')}  dashboard: "
+                  f"{backend.dashboard_link(client)}")
             for addr, w in sorted(info.get("workers", {}).items()):
                 print(f"  {addr}  threads {w.get('nthreads')}  resources "
                       f"{w.get('resources') or {}}")

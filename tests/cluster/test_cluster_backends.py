@@ -257,7 +257,12 @@ def test_local_cluster_tls_and_localhost_dashboard():
         info = client.scheduler_info()
         assert info["address"].startswith("tls://127.0.0.1:")
         assert all(a.startswith("tls://") for a in info["workers"])
-        assert "127.0.0.1" in client.dashboard_link
+        link = backend_for(p).dashboard_link(client)
+        assert link.startswith("http://127.0.0.1:")
+        import urllib.request
+
+        with urllib.request.urlopen(link.replace("/status", "/health"), timeout=10) as r:
+            assert r.status == 200
         assert client.submit(sum, [1, 2]).result() == 3
 
 
