@@ -260,7 +260,8 @@ def _thigh(t: float, u: float, y: float, a: float, b: float) -> tuple[float, ...
 
 _THIGH_CORE = [_thigh(0.0, 0, 0, 50, 48), _thigh(0.25, 0, 0, 62, 60), _thigh(0.44, 0, 0, 70, 66)]
 _TRUNK_CORE = [
-    (0.40, 0, -5, 150, 90),
+    (0.38, 0, -25, 95, 55),  # buttocks: the trunk closes between the upper thighs
+    (0.43, 0, -10, 140, 85),
     (0.47, 0, -5, 155, 95),
     (0.60, 0, 0, 148, 100),
     (0.68, 0, 0, 135, 95),
@@ -504,8 +505,9 @@ def _paint_anatomy(
     inner = outline(trunk_core, -wall)
     _paint(tissue, grid, INTERMUSCULAR_FAT, [p for p in inner if p[0] <= 0.5], side=0,
            scale=mscale, jitter=ones)
-    _paint(tissue, grid, VISCERA, [p for p in inner if p[0] >= 0.47], side=0, scale=mscale,
-           jitter=ones)
+    # The pelvic cavity is a bowl: narrow at the pelvic floor, full width at the iliac crest.
+    cavity = [(0.46, 0, 10, 20, 15), (0.48, 0, 10, 55, 45), (0.53, 0, 5, 85, 62)] + [p for p in inner if p[0] >= 0.59]
+    _paint(tissue, grid, VISCERA, cavity, side=0, scale=mscale, jitter=ones)
     body = tissue > 0
     for value, mirrored, points in _PRE_PLAN:
         for side in ((-1, 1) if mirrored else (0,)):
