@@ -506,7 +506,8 @@ def _paint_anatomy(
     _paint(tissue, grid, INTERMUSCULAR_FAT, [p for p in inner if p[0] <= 0.5], side=0,
            scale=mscale, jitter=ones)
     # The pelvic cavity is a bowl: narrow at the pelvic floor, full width at the iliac crest.
-    cavity = [(0.46, 0, 10, 20, 15), (0.48, 0, 10, 55, 45), (0.53, 0, 5, 85, 62)] + [p for p in inner if p[0] >= 0.59]
+    cavity = [(0.46, 0, 10, 20, 15), (0.48, 0, 10, 55, 45), (0.53, 0, 5, 85, 62)]
+    cavity += [p for p in inner if p[0] >= 0.59]
     _paint(tissue, grid, VISCERA, cavity, side=0, scale=mscale, jitter=ones)
     body = tissue > 0
     for value, mirrored, points in _PRE_PLAN:

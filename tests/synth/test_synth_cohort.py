@@ -229,3 +229,12 @@ def test_dicom_series_per_station_and_channel(dicom_cohort):
         counts[row.participant_id] += 1
         assert (result.out / row.path).is_dir()
     assert set(counts.values()) == {config.stations * 4}
+
+
+def test_parallel_workers_write_the_same_cohort(tmp_path):
+    config = SynthConfig(participants=2, seed=9, stations=2, shape=(24, 18, 32),
+                         spacing_mm=(20.0, 20.0, 28.0))
+    serial = build_cohort(config, tmp_path / "serial")
+    parallel = build_cohort(SynthConfig(**{**config.__dict__, "workers": 2}), tmp_path / "par")
+    for name in ("manifest.csv", "covariates.csv", "truth/muscle_metrics.csv"):
+        assert (serial.out / name).read_bytes() == (parallel.out / name).read_bytes(), name
