@@ -68,6 +68,7 @@ class GlmmResult:
     grad_norm: float
     nagq: int
     messages: tuple[str, ...] = field(default=())
+    hessian: np.ndarray | None = field(default=None, repr=False)
 
 
 def gauss_hermite_normal(n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -198,6 +199,13 @@ class _Problem:
         return ll, grad
 
 
+def _group_codes(groups: np.ndarray) -> np.ndarray:
+    """Integer codes of the group labels (hashing, not sorting strings)."""
+    import pandas as pd
+
+    return pd.factorize(np.asarray(groups), sort=False)[0]
+
+
 def _expit(x):
     return 0.5 * (1.0 + np.tanh(0.5 * x))
 
@@ -298,10 +306,16 @@ def fit_random_intercept_logit(
     if y.sum() == 0 or y.sum() == n:
         raise ValueError(f"outcome is {'all 0' if y.sum() == 0 else 'all 1'} in all {n} rows: "
                          "no contrast to model")
-    rank = np.linalg.matrix_rank(X)
+    # rank of the column-scaled cross-product: cheap, and enough to name a deficiency
+    scale = np.sqrt((X * X).sum(axis=0))
+    if np.any(scale == 0):
+        raise ValueError(f"design matrix is rank deficient: all-zero column(s) "
+                         f"{[n for n, sc in zip(names, scale, strict=True) if sc == 0]}")
+    ev = np.linalg.eigvalsh((X / scale).T @ (X / scale))
+    rank = int((ev > 1e-11 * ev.max()).sum())
     if rank < p:
         raise ValueError(f"design matrix is rank deficient (rank {rank} < {p} terms {list(names)})")
-    _, groups = np.unique(groups, return_inverse=True)
+    groups = _group_codes(groups)
     beta = _fit_glm(X, y, names)
     params = np.r_[0.5 if theta0 is None else theta0, beta]
     if nagq > 1:
@@ -309,6 +323,9 @@ def fit_random_intercept_logit(
         lap = fit_random_intercept_logit(X, y, groups, nagq=1, names=names, tol=1e-6,
                                          max_iter=max_iter, theta0=theta0, _polish=False)
         params = np.r_[max(lap.theta, 0.05), lap.beta]
+        H_start = lap.hessian
+    else:
+        H_start = None
     prob = _Problem(X, y, groups, nagq)
     messages: list[str] = []
 
@@ -318,8 +335,13 @@ def fit_random_intercept_logit(
     ll, g = f(params)
     converged = False
     it = 0
+    H = H_start
+    t = 1.0
     for it in range(1, max_iter + 1):  # noqa: B007
-        H = _hessian(f, params, g)
+        # a finite-difference Hessian costs p + 1 gradients: refresh it early, after a damped
+        # step and every third iteration; in between the previous one is close enough
+        if H is None or (H_start is None and it <= 2) or t < 1.0 or it % 3 == 0:
+            H = _hessian(f, params, g)
         negH = -H
         evals, evecs = np.linalg.eigh(0.5 * (negH + negH.T))
         # Newton on -loglik with eigenvalues floored so the step is an ascent direction
@@ -348,7 +370,7 @@ def fit_random_intercept_logit(
         return GlmmResult(beta=params[1:].copy(), se=np.full(p, np.nan), theta=abs(params[0]),
                           loglik=ll, converged=converged, singular=False, iterations=it,
                           cov=np.full((p, p), np.nan), grad_norm=float(np.max(np.abs(g))),
-                          nagq=nagq)
+                          nagq=nagq, hessian=H)
     theta = abs(float(params[0]))
     singular = theta < 1e-4
     if singular:
