@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -77,7 +78,11 @@ def export_torchscript(checkpoint: str | Path | None, out: str | Path) -> Path:
             "interface": {"forward": "normalised windows (B, C, *roi) -> logits",
                           "normalise": "raw volume (C, X, Y, Z) -> normalised volume"}}
     try:
-        scripted = torch.jit.script(module)
+        with warnings.catch_warnings():
+            # TorchScript is deprecated upstream in favour of torch.export, but it is what
+            # the deployment targets (C++ libtorch, Triton's pytorch backend) load
+            warnings.simplefilter("ignore", DeprecationWarning)
+            scripted = torch.jit.script(module)
     except Exception as e:  # some network variants do not script; tracing covers forward
         log.warning("torch.jit.script failed (%s); tracing forward instead (normalise is "
                     "then not exported)", e)
@@ -86,7 +91,9 @@ def export_torchscript(checkpoint: str | Path | None, out: str | Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp")
-    torch.jit.save(scripted, str(tmp), _extra_files={"meta.json": json.dumps(meta)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(scripted, str(tmp), _extra_files={"meta.json": json.dumps(meta)})
     tmp.replace(out)
     return out
 
@@ -96,5 +103,7 @@ def load_torchscript(path: str | Path) -> tuple[torch.jit.ScriptModule, dict]:
     import torch
 
     extra = {"meta.json": ""}
-    module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
     return module, json.loads(extra["meta.json"])
