@@ -498,6 +498,7 @@ def _paint_anatomy(
         _paint(tissue, grid, INTERMUSCULAR_FAT, _THIGH_CORE, side=side, scale=mscale, jitter=ones)
     _paint(tissue, grid, OTHER_MUSCLE, trunk_core, side=0, scale=mscale, jitter=ones)
     _paint(tissue, grid, OTHER_MUSCLE, _NECK_CORE, side=0, scale=mscale, jitter=ones)
+    _paint_arms(tissue, grid, trunk_core, mscale, fat_mm)
     # Inside the trunk wall (~14 mm of unlabelled muscle: abdominal wall, intercostals, ...):
     # The perineum and the ischioanal fossae below the pelvic inlet are fat, the abdominal and
     # thoracic cavities viscera.
@@ -551,6 +552,30 @@ def _drop_fragments(tissue: np.ndarray) -> np.ndarray:
         sub = tissue[box]
         sub[(comp > 0) & (comp != int(np.argmax(sizes)))] = INTERMUSCULAR_FAT
     return tissue
+
+
+def _paint_arms(
+    tissue: np.ndarray, grid: _Grid, trunk_core: list, mscale: float, fat_mm: float
+) -> None:
+    """Arms hanging beside the trunk (unlabelled muscle around the humerus/forearm bones, in
+    their own subcutaneous fat), a few mm clear of the trunk; the field of view may cut them,
+    as it often does in real neck-to-knee scans."""
+    pts = np.asarray(trunk_core, dtype=np.float64)
+    arm = []
+    for t, a, b in ((0.40, 26, 24), (0.52, 30, 28), (0.62, 34, 34), (0.75, 38, 40),
+                    (0.90, 44, 46), (0.95, 46, 48)):
+        trunk_a = float(np.interp(t, pts[:, 0], pts[:, 3]))
+        grow = 0.6 * fat_mm / mscale
+        x = trunk_a + (fat_mm + 6.0) / mscale + a + grow
+        arm.append((t, x, -5.0, a, b))
+    bone = [(t, x, y, 10.0, 10.0) for t, x, y, _, _ in arm]
+    grow = 0.6 * fat_mm
+    for side in (-1, 1):
+        skin = [(t, x, y, a + grow / mscale, b + grow / mscale) for t, x, y, a, b in arm]
+        ones = np.array([0.0, 0.0, 1.0, 1.0])
+        _paint(tissue, grid, SUBCUT_FAT, skin, side=side, scale=mscale, jitter=ones)
+        _paint(tissue, grid, OTHER_MUSCLE, arm, side=side, scale=mscale, jitter=ones)
+        _paint(tissue, grid, BONE_MARROW, bone, side=side, scale=mscale, jitter=ones)
 
 
 def _is_muscle(tissue: np.ndarray) -> np.ndarray:
