@@ -718,9 +718,10 @@ def _bias_field(spec: PhantomSpec, rng: np.random.Generator) -> np.ndarray:
 def _rician(signal: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
     if sigma <= 0:
         return signal.astype(np.float32, copy=True)
-    re = signal + rng.normal(0.0, sigma, signal.shape).astype(np.float32)
-    im = rng.normal(0.0, sigma, signal.shape).astype(np.float32)
-    return np.sqrt(re * re + im * im).astype(np.float32)
+    s = np.float32(sigma)
+    re = signal + s * rng.standard_normal(signal.shape, dtype=np.float32)
+    im = s * rng.standard_normal(signal.shape, dtype=np.float32)
+    return np.hypot(re, im).astype(np.float32, copy=False)
 
 
 def make_phantom(spec: PhantomSpec, seed: int | np.random.SeedSequence = 0) -> Phantom:
