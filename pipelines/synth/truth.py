@@ -30,8 +30,9 @@ MERCURI_THRESHOLDS = (0.05, 0.10, 0.30, 0.60)
 
 
 def mercuri_grade(r: float) -> int:
-    """Mercuri grade 0-4 of an InterMAT fraction ``r`` (0-1); NaN -> -1 is never returned:
-    an empty muscle has no grade and is not counted."""
+    """Mercuri grade 0-4 of an InterMAT fraction ``r`` (0-1): 0 if r < 0.05, 1 if < 0.10,
+    2 if < 0.30, 3 if < 0.60, else 4.  (A muscle without valid voxels gets no grade: -1 in the
+    table, and it is left out of the lesion load.)"""
     for grade, limit in enumerate(MERCURI_THRESHOLDS):
         if r < limit:
             return grade
