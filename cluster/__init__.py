@@ -15,9 +15,6 @@ packages are imported only inside their backend's methods.
 from __future__ import annotations
 
 from cluster.base import ClusterBackend, ClusterUnavailable
-from cluster.kubernetes import KubernetesBackend
-from cluster.local import LocalBackend
-from cluster.local_cuda import LocalCUDABackend
 from cluster.profile import (
     BACKEND_NAMES,
     BUILTIN_PROFILES,
@@ -27,33 +24,7 @@ from cluster.profile import (
     profile_from_dict,
     profile_to_dict,
 )
-from cluster.slurm import SlurmBackend
-from cluster.tcp import TCPBackend
-
-BACKENDS: dict[str, type[ClusterBackend]] = {
-    cls.name: cls
-    for cls in (LocalBackend, LocalCUDABackend, SlurmBackend, KubernetesBackend, TCPBackend)
-}
-
-
-def get_backend(name: str) -> type[ClusterBackend]:
-    """The backend class registered under ``name``.
-
-    Raises
-    ------
-    ValueError
-        naming the valid backends.
-    """
-    try:
-        return BACKENDS[name]
-    except KeyError:
-        raise ValueError(f"unknown cluster backend {name!r}; valid: {sorted(BACKENDS)}") from None
-
-
-def backend_for(profile: Profile) -> ClusterBackend:
-    """The backend instance for a loaded profile."""
-    return get_backend(profile.backend)(profile)
-
+from cluster.registry import BACKENDS, backend_for, get_backend
 
 __all__ = [
     "BACKENDS", "BACKEND_NAMES", "BUILTIN_PROFILES", "ClusterBackend", "ClusterUnavailable",

@@ -32,6 +32,8 @@ class LocalBackend(ClusterBackend):
             "memory_limit": p.memory_limit,
             "dashboard_address": p.dashboard_address,
             "host": "127.0.0.1",
+            # worker start/stop chatter stays out of the user's terminal (errors still show)
+            "silence_logs": logging.ERROR,
         }
         if p.resources:
             kwargs["resources"] = p.resources

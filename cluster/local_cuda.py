@@ -60,6 +60,7 @@ class LocalCUDABackend(ClusterBackend):
             "dashboard_address": p.dashboard_address,
             "host": "127.0.0.1",
             "resources": resources,
+            "silence_logs": logging.ERROR,
         }
 
     def render(self) -> str:

@@ -28,7 +28,7 @@ from jobs.progress import LOG_NAME, EventLog, StageProgress, format_summary
 if TYPE_CHECKING:
     from distributed import Client
 
-    from cluster import Profile
+    from cluster.profile import Profile
     from jobs.runconfig import RunConfig
     from pipelines._dask import Outcome
     from schemas.failures import Failure
@@ -61,11 +61,11 @@ def real_model_hash(model_path: Path | None) -> str:
         if not Path(model_path).exists():
             raise ValueError(f"model {model_path}: no such file")
         return _hash_path(Path(model_path))[:32]
-    import pipelines.segment as seg
+    from pipelines.segment import DEFAULT_MODEL_PATH
 
-    default = Path(seg.__file__).parent / "default_model"
+    default = Path(DEFAULT_MODEL_PATH)
     if not default.exists():
-        raise ValueError(f"no default segmentation model shipped in {default}; pass --model")
+        raise ValueError(f"no default segmentation model shipped at {default}; pass --model")
     return _hash_path(default)[:32]
 
 
@@ -204,7 +204,7 @@ class _LazyClient:
 
     def get(self) -> Client:
         if self.client is None:
-            from cluster import backend_for
+            from cluster.registry import backend_for
 
             backend = backend_for(self.profile)
             self.echo(f"starting cluster: profile {self.profile.name!r} ({backend.description})")
@@ -247,6 +247,8 @@ def run_pipeline(
     ------
     schemas.manifest.ManifestError
         the manifest or covariates break their contract (nothing is run).
+    ValueError
+        the segmentation model is missing (nothing is run).
     cluster.ClusterUnavailable
         the profile's cluster cannot start.
     """
@@ -261,6 +263,9 @@ def run_pipeline(
     config = config or RunConfig()
     manifest = load_manifest(manifest_path)
     covariates = load_covariates(covariates_path) if covariates_path is not None else None
+    # the model is checked before anything runs (its hash is part of the segment key)
+    needs_model = any(not p.has_labels for p in manifest)
+    model_hash = stages.model_hash(model_path) if needs_model else ""
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     store = workdir / "store.zarr"
@@ -284,7 +289,7 @@ def run_pipeline(
         try:
             _run_stages(manifest, covariates, store, parts_dir, tb_dir, ledger, events, lazy,
                         result, stages=stages, config=config, model_path=model_path,
-                        version=version, max_in_flight=max_in_flight, stream=stream,
+                        model_hash_value=model_hash, version=version, max_in_flight=max_in_flight, stream=stream,
                         config_hash=config_hash, echo=echo)
             cluster_stack.close()  # free the workers before the cohort-level stages
             _cohort_stages(manifest, covariates, workdir, tables_dir, parts_dir, tb_dir,
@@ -328,7 +333,7 @@ def _stage(stage: str, fn: Callable[..., Any], items: list[Any], *, lazy: _LazyC
 
     outcomes: list[Outcome] = []
     if items:
-        from cluster import ClusterUnavailable
+        from cluster.base import ClusterUnavailable
         from pipelines._dask import check_resources
 
         client = lazy.get()
@@ -365,8 +370,8 @@ def _gpu_resources(mode: str) -> Callable[[Client], dict[str, float] | None]:
 def _run_stages(manifest: Manifest, covariates: Any, store: Path, parts_dir: Path,
                 tb_dir: Path, ledger: Ledger, events: EventLog, lazy: _LazyClient,
                 result: RunResult, *, stages: StageFunctions, config: RunConfig,
-                model_path: Path | None, version: str, max_in_flight: int | None,
-                stream: IO[str], config_hash: Callable[[Any], str],
+                model_path: Path | None, model_hash_value: str, version: str,
+                max_in_flight: int | None, stream: IO[str], config_hash: Callable[[Any], str],
                 echo: Callable[[str], None]) -> None:
     """ingest -> segment -> quantify on the cluster, each only for what is not up to date."""
     from pipelines.aggregate import has_part, remove_part, write_part
@@ -410,7 +415,7 @@ def _run_stages(manifest: Manifest, covariates: Any, store: Path, parts_dir: Pat
     seg_cfg = stages.config(config, "segment")
     labelled = [pid for pid in ingested if by_id[pid].has_labels]
     to_segment = [pid for pid in ingested if not by_id[pid].has_labels]
-    model_hash = stages.model_hash(model_path) if to_segment else ""
+    model_hash = model_hash_value
     seg_keys = {pid: StageKey(content[pid], version, model_hash, config_hash(seg_cfg))
                 for pid in to_segment}
     for pid in labelled:  # labels come from the manifest: nothing to segment
@@ -513,6 +518,7 @@ def _cohort_stages(manifest: Manifest, covariates: Any, workdir: Path, tables_di
 
     results_dir = workdir / "results"
     results_dir.mkdir(exist_ok=True)
+    (results_dir / "fit.json").unlink(missing_ok=True)  # never leave a stale fit beside new tables
     fit_ok = False
     if stages.fit is not None:
         t0 = time.perf_counter()
@@ -528,7 +534,7 @@ def _cohort_stages(manifest: Manifest, covariates: Any, workdir: Path, tables_di
             cohort_failure("fit", e)
         result.stages.append(_cohort_summary("fit", time.perf_counter() - t0, ok=fit_ok))
         events.event("stage_finished", **result.stages[-1])
-    if stages.report is not None and fit_ok:
+    if stages.report is not None:  # the report runs its own analyses: it does not need fit.json
         t0 = time.perf_counter()
         ok = False
         try:
@@ -597,7 +603,8 @@ def run(
     redone.  Exit code 0 when everything succeeded, 1 when some participant or the fit
     failed (see failures.parquet), 2 for invalid input, 3 when the cluster cannot start.
     """
-    from cluster import ClusterUnavailable, ProfileError, load_profile
+    from cluster.base import ClusterUnavailable
+    from cluster.profile import ProfileError, load_profile
     from jobs.runconfig import load_run_config
     from schemas.manifest import ManifestError
 
@@ -617,7 +624,7 @@ def run(
     try:
         res = run_pipeline(manifest, covariates, workdir, profile=profile, model_path=model,
                            config=cfg)
-    except ManifestError as e:
+    except (ManifestError, ValueError) as e:  # bad manifest, covariates, model or settings
         print(f"error: {e}", file=sys.stderr)
         raise typer.Exit(EXIT_BAD_INPUT) from None
     except ClusterUnavailable as e:
@@ -642,7 +649,8 @@ def cluster_render(
 ) -> None:
     """Print the SLURM job script or the Kubernetes manifest (or the local cluster's
     arguments) of PROFILE without starting anything."""
-    from cluster import ProfileError, backend_for, load_profile
+    from cluster.profile import ProfileError, load_profile
+    from cluster.registry import backend_for
 
     try:
         print(backend_for(load_profile(profile)).render(), end="")
@@ -654,7 +662,8 @@ def cluster_render(
 @cluster_app.command("list")
 def cluster_list() -> None:
     """List the built-in profiles and the backends."""
-    from cluster import BACKENDS, BUILTIN_PROFILES, load_profile
+    from cluster.profile import BUILTIN_PROFILES, load_profile
+    from cluster.registry import BACKENDS
 
     print("built-in profiles:")
     for name in BUILTIN_PROFILES:
@@ -671,7 +680,9 @@ def cluster_check(
                                   "tcp://host:port."),
 ) -> None:
     """Start PROFILE's cluster, print its workers and their resources, and stop it."""
-    from cluster import ClusterUnavailable, ProfileError, backend_for, load_profile
+    from cluster.base import ClusterUnavailable
+    from cluster.profile import ProfileError, load_profile
+    from cluster.registry import backend_for
 
     try:
         backend = backend_for(load_profile(profile))

@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).parents[2]))
 
 from fake_stages import fake_stage_functions  # noqa: E402
 
-from cluster import profile_from_dict  # noqa: E402
+from cluster.profile import profile_from_dict  # noqa: E402
 from jobs.run_cmd import run_pipeline  # noqa: E402
 
 

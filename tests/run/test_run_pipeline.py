@@ -141,7 +141,8 @@ def test_fit_failure_is_a_cohort_failure(tmp_path, local_profile):
     fails = pd.read_parquet(wd / "failures.parquet")
     assert list(fails.stage) == ["fit"] and list(fails.participant_id) == ["cohort"]
     assert (wd / "tables" / "participant_metrics.parquet").exists()
-    assert not (wd / "results" / "report.html").exists()
+    assert not (wd / "results" / "fit.json").exists()
+    assert (wd / "results" / "report.html").exists()  # the report does not need the fit
 
 
 def _ledger_done(workdir: Path, stage: str) -> int:

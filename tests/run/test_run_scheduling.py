@@ -14,7 +14,8 @@ import sched_fns
 from distributed import Client, Nanny, SpecCluster
 from fake_stages import fake_stage_functions, make_cohort
 
-from cluster import ClusterUnavailable, profile_from_dict
+from cluster.base import ClusterUnavailable
+from cluster.profile import profile_from_dict
 from pipelines._dask import map_participants
 
 
