@@ -360,11 +360,16 @@ def fit_random_intercept_logit(
             ll_c, g_c, cand = ll, g, params
         decrement = float(g @ step)
         params, ll, g = cand, ll_c, g_c
-        if np.max(np.abs(params[1:])) > 4 * SEPARATION_LOGODDS:
+        if np.max(np.abs(params)) > 4 * SEPARATION_LOGODDS:
             break
         if np.max(np.abs(g)) < tol * (1 + abs(ll)) or (decrement < tol * tol and t == 1.0):
             converged = True
             break
+    if abs(params[0]) > SEPARATION_LOGODDS:
+        raise SeparationError(
+            f"the group SD diverges (> {SEPARATION_LOGODDS:g} on the log-odds scale): the outcome "
+            "is (nearly) all 0 or all 1 within each group, so groups separate it; the model is "
+            "not estimable with a random intercept")
     _check_separation(params[1:], names, "mixed model")
     if not _polish:
         return GlmmResult(beta=params[1:].copy(), se=np.full(p, np.nan), theta=abs(params[0]),
@@ -380,11 +385,21 @@ def fit_random_intercept_logit(
         theta = 0.0
     H = _hessian(f, params, g, central=True)
     info = -0.5 * (H + H.T)
+    if singular:
+        # at sd = 0 the likelihood is even in sigma, so the (sigma, beta) cross terms vanish and
+        # the sigma curvature may be 0: invert the beta block alone, after a last Newton step
+        info = info[1:, 1:]
+        try:
+            params[1:] += np.linalg.solve(info, g[1:])
+        except np.linalg.LinAlgError as e:
+            raise ValueError("observed information is singular: a term is not "
+                             "identifiable") from e
+        ll, g = f(params)
     try:
         cov_full = np.linalg.inv(info)
     except np.linalg.LinAlgError as e:
         raise ValueError("observed information is singular: a term is not identifiable") from e
-    cov = cov_full[1:, 1:]
+    cov = cov_full if singular else cov_full[1:, 1:]
     cov = 0.5 * (cov + cov.T)
     if np.any(np.diag(cov) <= 0):
         messages.append("observed information not positive definite at the optimum")

@@ -131,3 +131,36 @@ def test_bad_inputs_raise_clearly():
         fit_random_intercept_logit(np.c_[X, X[:, 1]], y, g)
     with pytest.raises(ValueError, match="rows"):
         fit_random_intercept_logit(X, y[:-1], g)
+
+
+@pytest.mark.timeout(60)
+def test_singular_fit_se_equals_plain_logistic():
+    """At sd = 0 the SEs are those of ordinary logistic regression (statsmodels Logit)."""
+    import statsmodels.api as sm
+
+    X1, y1, _ = _data(seed=8, n=150, G=1, sd=0.0)
+    X = np.vstack([X1] * 4)
+    y = np.tile(y1, 4)
+    g = np.repeat(np.arange(4), 150)
+    r = fit_random_intercept_logit(X, y, g, nagq=1)
+    assert r.singular
+    ref = sm.Logit(y, X).fit(disp=0)
+    np.testing.assert_allclose(r.beta, ref.params, atol=1e-6)
+    np.testing.assert_allclose(r.se, ref.bse, rtol=1e-5)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("nagq", [1, 25])
+def test_separation_by_a_continuous_term_and_inside_groups_never_hangs(nagq):
+    rng = np.random.default_rng(9)
+    n = 300
+    x = rng.normal(size=n)
+    y = (x > 0.3).astype(float)  # x separates y completely
+    X = np.c_[np.ones(n), x, rng.normal(size=n)]
+    g = rng.integers(0, 5, n)
+    with pytest.raises(SeparationError, match="exposure"):
+        fit_random_intercept_logit(X, y, g, nagq=nagq, names=("(Intercept)", "exposure", "z"))
+    # every group all-0 or all-1 (separation by group only): the SD diverges, clear error
+    y2 = (g >= 3).astype(float)
+    with pytest.raises(SeparationError, match="group SD diverges"):
+        fit_random_intercept_logit(X, y2, g, nagq=nagq)
