@@ -10,10 +10,12 @@ from schemas.vocabulary import MUSCLE_NAMES
 Normalisation = Literal["bmi", "height2", "none"]
 Device = Literal["cpu", "gpu", "auto"]
 Method = Literal["auto", "whole", "chunked"]
+CpuEngine = Literal["auto", "numpy", "numba"]
 
 NORMALISATIONS: tuple[str, ...] = ("bmi", "height2", "none")
 DEVICES: tuple[str, ...] = ("cpu", "gpu", "auto")
 METHODS: tuple[str, ...] = ("auto", "whole", "chunked")
+CPU_ENGINES: tuple[str, ...] = ("auto", "numpy", "numba")
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,12 @@ class QuantifyConfig:
         ``"auto"`` (default) is ``"whole"`` up to ``max_whole_voxels`` voxels, else ``"chunked"``.
     max_whole_voxels : the ``"auto"`` switch point (voxels). Whole-array quantification holds
         about 21 bytes per voxel (water, fat, labels, ff); the default 32 M voxels is < 0.7 GB.
+    cpu_engine : how the whole-array kernel runs on the CPU: ``"numpy"`` (one NumPy operation
+        per pass), ``"numba"`` (fused multi-threaded passes; needs Numba) or ``"auto"`` (Numba
+        when installed and the inputs are float32 images with integer labels). Both give the
+        same numbers; the Dask path and GPU always use the array-module kernels.
+    cpu_threads : threads of the Numba engine (0 = all Numba sees). On a Dask worker with
+        several threads, set it to cores per worker thread to avoid oversubscription.
     histogram_bins : fat-fraction bins per class and muscle of the median histogram (any value
         gives exact medians; more bins = smaller refinement pass, larger accumulators).
     slab_voxels : the whole-array kernel works through the arrays in flat slabs of this many
@@ -63,6 +71,8 @@ class QuantifyConfig:
     device: Device = "auto"
     method: Method = "auto"
     max_whole_voxels: int = 32_000_000
+    cpu_engine: CpuEngine = "auto"
+    cpu_threads: int = 0
     histogram_bins: int = 256
     slab_voxels: int = 1 << 19
     swap_ff: float = 0.5
@@ -95,6 +105,10 @@ class QuantifyConfig:
             raise ValueError(f"device {self.device!r}: choose one of {DEVICES}")
         if self.method not in METHODS:
             raise ValueError(f"method {self.method!r}: choose one of {METHODS}")
+        if self.cpu_engine not in CPU_ENGINES:
+            raise ValueError(f"cpu_engine {self.cpu_engine!r}: choose one of {CPU_ENGINES}")
+        if self.cpu_threads < 0:
+            raise ValueError(f"cpu_threads {self.cpu_threads} must be >= 0")
         if self.max_whole_voxels < 1:
             raise ValueError(f"max_whole_voxels {self.max_whole_voxels} must be >= 1")
         if not 1 <= self.histogram_bins <= 65536:

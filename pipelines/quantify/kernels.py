@@ -256,6 +256,89 @@ def fat_fraction(water, fat, *, floor: float, out=None, scratch=None):
     return out
 
 
+@dataclass(frozen=True)
+class MuscleVoxels:
+    """The muscle voxels (labels != 0) of a block, flat, with their keys.
+
+    ``label`` (intp; values above :data:`MAX_LABEL` replaced by 0), ``bad`` (label was above
+    :data:`MAX_LABEL`), ``signal`` (float64 ``W + F``), ``valid`` (not low-signal), ``ff``
+    (float64 fat fraction, 0 where not valid), ``is_fat`` (valid and ``ff >= fat_threshold``),
+    ``key`` (``label * n_slots + slot``), ``water``/``fat`` (float64), ``index`` (flat positions
+    in the block).
+    """
+
+    index: Any
+    label: Any
+    bad: Any
+    water: Any
+    fat: Any
+    signal: Any
+    valid: Any
+    ff: Any
+    is_fat: Any
+    key: Any
+
+
+def muscle_voxels(water, fat, labels, *, floor: float, fat_threshold: float, nbins: int,
+                  index=None) -> MuscleVoxels:
+    """Gather a block's muscle voxels and classify them (the single definition of valid, lean,
+    InterMAT and histogram slot that every reduction uses).
+
+    ``index`` (flat positions of the muscle voxels) may be given when already known.
+    """
+    xp = array_namespace(water, fat, labels)
+    layout = AccumulatorLayout(nbins)
+    lab = _flat(labels)
+    idx = xp.flatnonzero(lab) if index is None else index
+    lm = lab[idx]
+    bad = lm > MAX_LABEL
+    lm = xp.where(bad, 0, lm).astype(xp.intp)
+    w = _flat(water)[idx].astype(xp.float64)
+    f = _flat(fat)[idx].astype(xp.float64)
+    s = w + f
+    # NaN compares False, so non-finite voxels are low-signal like those under the floor
+    valid = (s >= floor if floor > 0 else s > 0) & (s < np.inf)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ff = f / s
+    ff[~valid] = 0.0
+    is_fat = valid & (ff >= fat_threshold)
+    fat_i = is_fat.astype(xp.intp)
+    b = (ff * nbins).astype(xp.intp)  # ff >= 0 rounds down like floor; clip handles the rest
+    xp.clip(b, 0, nbins - 1, out=b)
+    b += fat_i * nbins
+    b[~valid] = layout.low_slot
+    b += lm * layout.n_slots
+    return MuscleVoxels(idx, lm, bad, w, f, s, valid, ff, is_fat, b)
+
+
+def accumulate_voxels(mv: MuscleVoxels, in_phase=None, opposed_phase=None, *, nbins: int,
+                      swap_ff: float):
+    """The accumulator vector (float64, input array module) of gathered muscle voxels:
+    one ``bincount`` of the keys and one weighted ``bincount`` of ff per (label, class).
+    ``in_phase``/``opposed_phase`` are the whole blocks (gathered here at ``mv.index``)."""
+    xp = array_namespace(mv.ff)
+    layout = AccumulatorLayout(nbins)
+    nl, ns = layout.n_labels, layout.n_slots
+    out = xp.zeros(layout.size, dtype=xp.float64)
+    if mv.key.size == 0:
+        return out
+    o1, o2, o3 = nl * ns, nl * ns + 2 * nl, nl * ns + 3 * nl
+    out[:o1] = xp.bincount(mv.key, minlength=o1)
+    out[o1:o2] = xp.bincount(mv.label * 2 + mv.is_fat, weights=mv.ff, minlength=nl * 2)
+    out[o2:o3] = xp.bincount(mv.label[mv.valid & (mv.ff >= swap_ff)], minlength=nl)
+    out[o3] = xp.count_nonzero(mv.bad)
+    if in_phase is not None and opposed_phase is not None:
+        vi = xp.flatnonzero(mv.valid & ~mv.bad)
+        ip = _flat(in_phase)[mv.index[vi]].astype(xp.float64)
+        op = _flat(opposed_phase)[mv.index[vi]].astype(xp.float64)
+        sv, wv, fv = mv.signal[vi], mv.water[vi], mv.fat[vi]
+        out[o3 + 1] = xp.abs(ip - sv).sum()
+        out[o3 + 2] = xp.abs(op - xp.abs(wv - fv)).sum()
+        out[o3 + 3] = sv.sum()
+        out[o3 + 4] = vi.size
+    return out
+
+
 def accumulate_muscles(
     water,
     fat,
@@ -276,45 +359,8 @@ def accumulate_muscles(
     and opposed-phase blocks, the deviations ``|IP - (W + F)|`` and ``|OP - |W - F||`` over
     valid muscle voxels are summed for the swap check.  Vectors of several blocks add up.
     """
-    xp = array_namespace(water, fat, labels)
-    layout = AccumulatorLayout(nbins)
-    nl, ns = layout.n_labels, layout.n_slots
-    lab = _flat(labels)
-    idx = xp.flatnonzero(lab)
-    out = xp.zeros(layout.size, dtype=xp.float64)
-    if idx.size == 0:
-        return out
-    lm = lab[idx]
-    bad = lm > MAX_LABEL
-    n_bad = int(xp.count_nonzero(bad))
-    lm = xp.where(bad, 0, lm).astype(xp.intp)
-    w = _flat(water)[idx].astype(xp.float64)
-    f = _flat(fat)[idx].astype(xp.float64)
-    s = w + f
-    valid = s >= floor if floor > 0 else s > 0  # NaN compares False: low-signal
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ff = xp.where(valid, f / xp.where(valid, s, 1.0), 0.0)
-    is_fat = valid & (ff >= fat_threshold)
-    b = xp.clip(xp.floor(ff * nbins), 0, nbins - 1).astype(xp.intp)
-    slot = xp.where(valid, b + is_fat.astype(xp.intp) * nbins, layout.low_slot)
-    counts = xp.bincount(lm * ns + slot, minlength=nl * ns)
-    sums = xp.bincount(lm * 2 + is_fat.astype(xp.intp), weights=ff, minlength=nl * 2)
-    swap = xp.bincount(lm[valid & (ff >= swap_ff)], minlength=nl)
-    o1, o2, o3 = nl * ns, nl * ns + 2 * nl, nl * ns + 3 * nl
-    out[:o1] = counts
-    out[o1:o2] = sums
-    out[o2:o3] = swap
-    out[o3] = n_bad
-    if in_phase is not None and opposed_phase is not None:
-        vi = xp.flatnonzero(valid & ~bad)
-        ip = _flat(in_phase)[idx[vi]].astype(xp.float64)
-        op = _flat(opposed_phase)[idx[vi]].astype(xp.float64)
-        sv, wv, fv = s[vi], w[vi], f[vi]
-        out[o3 + 1] = xp.abs(ip - sv).sum()
-        out[o3 + 2] = xp.abs(op - xp.abs(wv - fv)).sum()
-        out[o3 + 3] = sv.sum()
-        out[o3 + 4] = vi.size
-    return out
+    mv = muscle_voxels(water, fat, labels, floor=floor, fat_threshold=fat_threshold, nbins=nbins)
+    return accumulate_voxels(mv, in_phase, opposed_phase, nbins=nbins, swap_ff=swap_ff)
 
 
 @dataclass(frozen=True)
@@ -355,40 +401,33 @@ def median_targets(acc: Accumulators) -> MedianTargets:
     return MedianTargets(layout, n, out["klo"], out["khi"], out["rlo"], out["rhi"])
 
 
+def select_keys(mv: MuscleVoxels, keys: np.ndarray, *, nbins: int
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """(keys, ff) on the host of the gathered muscle voxels whose key is one of ``keys``."""
+    xp = array_namespace(mv.key)
+    layout = AccumulatorLayout(nbins)
+    if mv.key.size == 0 or keys.size == 0:
+        return np.empty(0, np.int64), np.empty(0, np.float64)
+    wanted = xp.zeros(layout.n_labels * layout.n_slots, dtype=bool)
+    wanted[xp.asarray(keys)] = True
+    sel = xp.flatnonzero(wanted[mv.key])
+    return to_numpy(mv.key[sel]).astype(np.int64), to_numpy(mv.ff[sel])
+
+
 def gather_median_candidates(
     water, fat, labels, *, floor: float, fat_threshold: float, nbins: int, keys: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """(keys, ff) on the host of a block's valid muscle voxels whose accumulator key is one of
-    ``keys``: the only voxels the exact medians need.  Recomputes keys exactly as
-    :func:`accumulate_muscles` does."""
-    xp = array_namespace(water, fat, labels)
-    layout = AccumulatorLayout(nbins)
-    lab = _flat(labels)
-    idx = xp.flatnonzero(lab)
-    if idx.size == 0 or keys.size == 0:
-        return np.empty(0, np.int64), np.empty(0, np.float64)
-    lm = lab[idx]
-    lm = xp.where(lm > MAX_LABEL, 0, lm).astype(xp.intp)
-    w = _flat(water)[idx].astype(xp.float64)
-    f = _flat(fat)[idx].astype(xp.float64)
-    s = w + f
-    valid = s >= floor if floor > 0 else s > 0
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ff = xp.where(valid, f / xp.where(valid, s, 1.0), 0.0)
-    is_fat = valid & (ff >= fat_threshold)
-    b = xp.clip(xp.floor(ff * nbins), 0, nbins - 1).astype(xp.intp)
-    slot = xp.where(valid, b + is_fat.astype(xp.intp) * nbins, layout.low_slot)
-    key = lm * layout.n_slots + slot
-    wanted = xp.zeros(layout.n_labels * layout.n_slots, dtype=bool)
-    wanted[xp.asarray(keys)] = True
-    sel = xp.flatnonzero(wanted[key])
-    return to_numpy(key[sel]).astype(np.int64), to_numpy(ff[sel])
+    ``keys``: the only voxels the exact medians need.  Keys are computed by the same
+    :func:`muscle_voxels` as the accumulators."""
+    mv = muscle_voxels(water, fat, labels, floor=floor, fat_threshold=fat_threshold, nbins=nbins)
+    return select_keys(mv, keys, nbins=nbins)
 
 
 def finalize_medians(targets: MedianTargets, keys: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Exact per-label median of ff (fraction, float64; NaN where no valid voxel), NumPy's
     convention (mean of the two middle values for an even count)."""
-    order = np.lexsort((values, keys))
+    order = np.argsort(keys, kind="stable")
     keys, values = keys[order], values[order]
     out = np.full(targets.layout.n_labels, np.nan)
     for lab in np.flatnonzero(targets.n_valid):
@@ -402,7 +441,7 @@ def finalize_medians(targets: MedianTargets, keys: np.ndarray, values: np.ndarra
                     f"median refinement: label {lab} slot key {k} has {stop - start} values, "
                     f"rank {r} requested (histogram and gather passes disagree)"
                 )
-            picks.append(values[start + r])
+            picks.append(float(np.partition(values[start:stop], r)[r]))
         out[lab] = picks[0] if targets.n_valid[lab] % 2 else (picks[0] + picks[1]) / 2.0
     return out
 

@@ -24,13 +24,16 @@ from pipelines.quantify.kernels import (
     AccumulatorLayout,
     Accumulators,
     accumulate_muscles,
+    accumulate_voxels,
     array_namespace,
     candidate_threshold,
     fat_fraction,
     finalize_medians,
     gather_median_candidates,
     median_targets,
+    muscle_voxels,
     percentile_from_tail,
+    select_keys,
     signal_sample,
     signal_tail,
     to_numpy,
@@ -74,10 +77,11 @@ def _slabs(n: int, size: int):
         yield slice(start, min(start + size, n))
 
 
-def _floor_from(tail_fn, sample: np.ndarray, n_total: int, config: QuantifyConfig):
+def _floor_from(tail_fn, sample: np.ndarray | None, n_total: int, config: QuantifyConfig,
+                first_threshold: float | None = None):
     """Exact floor: gather the tail above a sampled bound, retry with -inf if it was short."""
     q = config.signal_floor_percentile
-    t = candidate_threshold(sample, n_total, q)
+    t = candidate_threshold(sample, n_total, q) if first_threshold is None else first_threshold
     for thr in ((t, -math.inf) if t > -math.inf else (-math.inf,)):
         n_finite, tail = tail_fn(thr)
         if n_finite == 0:
@@ -87,6 +91,82 @@ def _floor_from(tail_fn, sample: np.ndarray, n_total: int, config: QuantifyConfi
             return config.signal_floor_fraction * p, p, n_finite
         log.info("signal percentile: sampled bound %.6g too high, gathering every voxel", thr)
     raise RuntimeError("signal percentile: full gather did not contain the order statistics")
+
+
+def numba_available() -> bool:
+    """True when Numba imports (the fused CPU engine can be used)."""
+    try:
+        import numba  # noqa: F401
+    except Exception:  # not installed, or broken against this NumPy
+        return False
+    return True
+
+
+def _use_numba(config: QuantifyConfig, xp, arrays) -> bool:
+    if xp is not np or config.cpu_engine == "numpy":
+        return False
+    eligible = (arrays[0].dtype == np.float32 and arrays[1].dtype == np.float32
+                and arrays[2].dtype.kind in "iu")
+    if config.cpu_engine == "numba":
+        if not numba_available():
+            raise RuntimeError("cpu_engine 'numba' requested but Numba is not installed")
+        if not eligible:
+            raise ValueError("cpu_engine 'numba' needs float32 water/fat and integer labels")
+        return True
+    return eligible and numba_available()
+
+
+def _exclusive_cumsum(x: np.ndarray) -> np.ndarray:
+    out = np.zeros_like(x)
+    np.cumsum(x[:-1], out=out[1:])
+    return out
+
+
+def _quantify_volume_numba(w, f, lab, ip, op, *, config: QuantifyConfig, want_ff: bool,
+                           shape) -> VolumeResult:
+    """The whole-array kernel with the fused Numba passes (same numbers as the NumPy one)."""
+    import numba
+
+    from pipelines.quantify import _numba as K
+    from pipelines.quantify.kernels import MAX_LABEL
+
+    if config.cpu_threads:
+        numba.set_num_threads(min(config.cpu_threads, numba.config.NUMBA_NUM_THREADS))
+    n = w.size
+    slab = max(config.slab_voxels, -(-n // 1024))
+    q = config.signal_floor_percentile
+    t = candidate_threshold(signal_sample(w, f, max(1, n // SAMPLE_SIZE)), n, q)
+    t32 = w.dtype.type(t)
+    cnt = K.count_pass(w, f, lab, t32, slab)
+    tail = np.empty(int(cnt[:, 0].sum()), dtype=np.float64)
+    K.tail_pass(w, f, t32, slab, _exclusive_cumsum(cnt[:, 0]), tail)
+    first = [(int(cnt[:, 1].sum()), tail)]
+    idx = np.empty(int(cnt[:, 2].sum()), dtype=np.int64)
+
+    def tail_fn(thr: float) -> tuple[int, np.ndarray]:
+        return first.pop() if first else signal_tail(w, f, thr)
+
+    floor, pct, n_finite = _floor_from(tail_fn, None, n, config, first_threshold=t)
+    ff = np.empty(n if want_ff else 0, dtype=np.float32)
+    layout = AccumulatorLayout(config.histogram_bins)
+    has_ipop = ip is not None and op is not None
+    kw = (float(floor), float(config.fat_threshold), int(config.histogram_bins))
+    counts, sums, swap, extra = K.main_pass(
+        w, f, lab, ip if has_ipop else w, op if has_ipop else f, has_ipop, want_ff, ff,
+        kw[0], w.dtype.type(floor), kw[1], kw[2], float(config.swap_ff), layout.n_labels,
+        MAX_LABEL, slab, _exclusive_cumsum(cnt[:, 2]), idx,
+    )
+    vec = np.concatenate([counts.sum(axis=0).astype(np.float64), sums.sum(axis=0),
+                          swap.sum(axis=0).astype(np.float64), extra.sum(axis=0)])
+    acc = layout.unpack(vec)
+    targets = median_targets(acc)
+    wanted = np.zeros(layout.n_labels * layout.n_slots, dtype=np.bool_)
+    wanted[targets.keys] = True
+    keys, values = K.select_pass(w, f, lab, idx, *kw, MAX_LABEL, wanted,
+                                 max(1 << 16, -(-idx.size // 64)))
+    medians = finalize_medians(targets, keys, values)
+    return VolumeResult(floor, pct, n_finite, acc, medians,
+                        ff.reshape(shape) if want_ff else None)
 
 
 def quantify_volume(
@@ -108,6 +188,10 @@ def quantify_volume(
     in_phase, opposed_phase : optional float arrays of the same shape (swap check).
     config : the stage's settings.
     want_ff : also return the float32 fat-fraction map.
+
+    Three sweeps through cache-sized flat slabs: (1) ``W + F`` tail above a sampled bound and
+    the muscle voxel positions, (2) the ff map, (3) the per-muscle reductions and median
+    candidates on the muscle voxels only.
     """
     xp = array_namespace(water, fat, labels)
     shape = water.shape
@@ -116,47 +200,62 @@ def quantify_volume(
     if in_phase is not None and opposed_phase is not None:
         ip = xp.ascontiguousarray(in_phase).reshape(-1)
         op = xp.ascontiguousarray(opposed_phase).reshape(-1)
+    if _use_numba(config, xp, (w, f, lab)):
+        return _quantify_volume_numba(w, f, lab, ip, op, config=config, want_ff=want_ff,
+                                      shape=shape)
     n = w.size
     slab = n if xp is not np else config.slab_voxels
-    step = max(1, n // SAMPLE_SIZE)
+    q = config.signal_floor_percentile
+    t = candidate_threshold(signal_sample(w, f, max(1, n // SAMPLE_SIZE)), n, q)
+
+    # sweep 1: the signal tail and where the muscle voxels are
+    n_finite, tails, where = 0, [], []
+    for sl in _slabs(n, slab):
+        nf, part = signal_tail(w[sl], f[sl], t)
+        n_finite += nf
+        tails.append(part)
+        where.append(xp.flatnonzero(lab[sl]) + sl.start)
+    idx = xp.concatenate(where) if where else xp.empty(0, dtype=xp.intp)
+    first = [(n_finite, np.concatenate(tails) if tails else np.empty(0))]
 
     def tail_fn(thr: float) -> tuple[int, np.ndarray]:
-        n_finite, parts = 0, []
+        if first:
+            return first.pop()
+        nf_all, parts = 0, []
         for sl in _slabs(n, slab):
             nf, part = signal_tail(w[sl], f[sl], thr)
-            n_finite += nf
+            nf_all += nf
             parts.append(part)
-        return n_finite, np.concatenate(parts) if parts else np.empty(0)
+        return nf_all, np.concatenate(parts) if parts else np.empty(0)
 
-    floor, pct, n_finite = _floor_from(tail_fn, signal_sample(w, f, step), n, config)
+    floor, pct, n_finite = _floor_from(tail_fn, None, n, config, first_threshold=t)
     kw = _kw(config, floor)
     layout = AccumulatorLayout(config.histogram_bins)
-    ff = xp.empty(n, dtype=xp.float32) if want_ff else None
-    scratch = xp.empty(min(slab, n), dtype=xp.result_type(w.dtype, f.dtype))
-    vec = xp.zeros(layout.size, dtype=xp.float64)
-    for sl in _slabs(n, slab):
-        if ff is not None:
+
+    # sweep 2: the fat-fraction map
+    ff = None
+    if want_ff:
+        ff = xp.empty(n, dtype=xp.float32)
+        scratch = xp.empty(min(slab, n), dtype=xp.result_type(w.dtype, f.dtype))
+        for sl in _slabs(n, slab):
             m = sl.stop - sl.start
             fat_fraction(w[sl], f[sl], floor=floor, out=ff[sl], scratch=scratch[:m])
-        vec += accumulate_muscles(
-            w[sl], f[sl], lab[sl],
-            None if ip is None else ip[sl], None if op is None else op[sl],
-            swap_ff=config.swap_ff, **kw,
-        )
+
+    # sweep 3: reductions over the muscle voxels, then the median candidates
+    vec = xp.zeros(layout.size, dtype=xp.float64)
+    kept = []
+    for sl in _slabs(int(idx.size), slab):
+        mv = muscle_voxels(w, f, lab, index=idx[sl], **kw)
+        vec += accumulate_voxels(mv, ip, op, nbins=config.histogram_bins, swap_ff=config.swap_ff)
+        kept.append(mv)
     acc = layout.unpack(vec)
     targets = median_targets(acc)
-    keys = targets.keys
-    ks, vs = [], []
-    if keys.size:
-        for sl in _slabs(n, slab):
-            k, v = gather_median_candidates(w[sl], f[sl], lab[sl], keys=keys, **kw)
-            ks.append(k)
-            vs.append(v)
-    medians = finalize_medians(
-        targets,
-        np.concatenate(ks) if ks else np.empty(0, np.int64),
-        np.concatenate(vs) if vs else np.empty(0),
-    )
+    ks, vs = [np.empty(0, np.int64)], [np.empty(0)]
+    for mv in kept:
+        k, v = select_keys(mv, targets.keys, nbins=config.histogram_bins)
+        ks.append(k)
+        vs.append(v)
+    medians = finalize_medians(targets, np.concatenate(ks), np.concatenate(vs))
     ff_host = None if ff is None else to_numpy(ff).reshape(shape)
     return VolumeResult(floor, pct, n_finite, acc, medians, ff_host)
 

@@ -52,10 +52,11 @@ def check_against_reference(res, water, fat, labels, spacing, config, covariates
     return rows, prow
 
 
+@pytest.mark.parametrize("engine", ["numpy", "auto"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
-def test_whole_array_kernel_matches_reference(seed):
+def test_whole_array_kernel_matches_reference(seed, engine):
     water, fat, labels = random_volume(seed)
-    config = QuantifyConfig(slab_voxels=3000, histogram_bins=7 + seed * 50)
+    config = QuantifyConfig(slab_voxels=3000, histogram_bins=7 + seed * 50, cpu_engine=engine)
     res = quantify_volume(water, fat, labels, config=config)
     cov = {"bmi": 24.0, "disease_duration_years": 3.5}
     check_against_reference(res, water, fat, labels, (1.5, 2.0, 3.0), config, cov)
@@ -223,3 +224,41 @@ def test_bad_label_values_counted():
 def test_array_namespace_is_numpy_for_numpy_and_dask_meta():
     assert kernels.array_namespace(np.zeros(2), None) is np
     assert kernels.array_namespace(da.zeros(2)._meta) is np
+
+
+@pytest.mark.parametrize("floor_fraction", [0.05, 0.0])
+def test_numba_engine_equals_numpy_engine(floor_fraction):
+    """The fused Numba passes give the NumPy kernels' numbers (counts, medians and the ff map
+    bit for bit; float64 sums to rounding)."""
+    pytest.importorskip("numba")
+    water, fat, labels = random_volume(12, shape=(31, 17, 23))
+    water[0, 0, :3] = np.nan
+    fat[1, 1, :4] = -water[1, 1, :4]  # W + F == 0
+    labels[0, 0, :3] = 4
+    labels[1, 1, :4] = 5
+    ip = (water + fat * 1.1).astype(np.float32)
+    op = np.abs(water - fat).astype(np.float32)
+    runs = {}
+    for engine in ("numpy", "numba"):
+        cfg = QuantifyConfig(cpu_engine=engine, signal_floor_fraction=floor_fraction,
+                             histogram_bins=32, slab_voxels=2048)
+        runs[engine] = quantify_volume(water, fat, labels, ip, op, config=cfg)
+    a, b = runs["numpy"], runs["numba"]
+    assert a.floor == b.floor and a.n_finite == b.n_finite
+    np.testing.assert_array_equal(a.acc.counts, b.acc.counts)
+    np.testing.assert_array_equal(a.acc.n_swap, b.acc.n_swap)
+    np.testing.assert_allclose(a.acc.ff_sums, b.acc.ff_sums, rtol=1e-12)
+    assert a.acc.n_ipop == b.acc.n_ipop
+    assert math.isclose(a.acc.ip_deviation, b.acc.ip_deviation, rel_tol=1e-9)
+    assert math.isclose(a.acc.op_deviation, b.acc.op_deviation, rel_tol=1e-9)
+    np.testing.assert_array_equal(a.medians, b.medians)
+    np.testing.assert_array_equal(a.ff, b.ff)
+
+
+def test_numba_engine_counts_bad_labels():
+    pytest.importorskip("numba")
+    water, fat, labels = random_volume(13)
+    labels = labels.astype(np.uint16)
+    labels[2, 2, 2] = 300
+    res = quantify_volume(water, fat, labels, config=QuantifyConfig(cpu_engine="numba"))
+    assert res.acc.n_bad_label == 1
