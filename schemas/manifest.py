@@ -152,10 +152,11 @@ def load_manifest(path: str | Path) -> Manifest:
         site = str(rec["site"]).strip()
         raw_station = rec["station"]
         try:
-            station = int(str(raw_station).strip())
-            if float(str(raw_station).strip()) != station:
+            as_float = float(str(raw_station).strip())
+            if not as_float.is_integer():
                 raise ValueError
-        except ValueError:
+            station = int(as_float)
+        except (ValueError, OverflowError):
             raise _fail(path, i, "station", raw_station, "is not an integer") from None
         if station < 0:
             raise _fail(path, i, "station", raw_station, "must be >= 0")
