@@ -191,14 +191,23 @@ def stitch(
     -------
     float32 array (images) or the labels' dtype, of ``grid.shape``.
     """
-    from scipy.ndimage import map_coordinates
-
     if len(volumes) != len(grids) or not volumes:
         raise ValueError("stitch: need one grid per volume and at least one volume")
     for v, g in zip(volumes, grids, strict=True):
         if tuple(v.shape) != g.shape:
             raise ValueError(f"stitch: volume shape {v.shape} != grid shape {g.shape}")
     placements = [_place(g, grid) for g in grids]
+    if all(p is not None and p.station_slices is not None
+           and p.grid_slices[0] == slice(0, grid.shape[0])
+           and p.grid_slices[1] == slice(0, grid.shape[1]) for p in placements):
+        return _stitch_slabs(volumes, grids, placements, grid, labels=labels)
+    return _stitch_general(volumes, grids, placements, grid, labels=labels)
+
+
+def _stitch_general(volumes, grids, placements, grid: Grid, *, labels: bool) -> np.ndarray:
+    """Any placement: per-voxel weights, resampling where lattices differ."""
+    from scipy.ndimage import map_coordinates
+
     order = 0 if labels else 1
     if labels:
         out = np.zeros(grid.shape, dtype=np.result_type(*[v.dtype for v in volumes]))
@@ -234,4 +243,41 @@ def stitch(
                 total = wsum[box]
                 alpha = np.divide(w, total, out=np.zeros(total.shape), where=total > 0)
                 out[box] += (alpha * src).astype(np.float32)
+    return out
+
+
+def _runs(mask: np.ndarray):
+    """(start, stop) of the runs of True in a 1-D boolean array."""
+    edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
+    return zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1), strict=True)
+
+
+def _stitch_slabs(volumes, grids, placements, grid: Grid, *, labels: bool) -> np.ndarray:
+    """Fast path of :func:`stitch` when every station is a whole-voxel shift of the common
+    grid covering its full in-plane extent: weights then depend on the body-axis index only,
+    so single-covered slices are copied and only overlap slices are blended."""
+    nz = grid.shape[BODY_AXIS]
+    dtype = np.result_type(*[v.dtype for v in volumes]) if labels else np.float32
+    out = np.zeros(grid.shape, dtype=dtype)
+    spans = []
+    for vol, g, p in zip(volumes, grids, placements, strict=True):
+        gk, sk = p.grid_slices[2], p.station_slices[2]
+        w = np.zeros(nz)
+        w[gk] = _ramp(g.shape[BODY_AXIS])[sk]
+        spans.append((vol[p.station_slices[0], p.station_slices[1]], w, gk.start - sk.start))
+    if labels:
+        best = np.zeros(nz)
+        for vol, w, off in spans:
+            take = w > best
+            best = np.where(take, w, best)
+            for a, b in _runs(take):
+                out[:, :, a:b] = vol[:, :, a - off:b - off]
+        return out
+    wsum = np.sum([w for _, w, _ in spans], axis=0)
+    for vol, w, off in spans:
+        alpha = np.divide(w, wsum, out=np.zeros(nz), where=wsum > 0)
+        for a, b in _runs(alpha == 1.0):
+            out[:, :, a:b] = vol[:, :, a - off:b - off]
+        for a, b in _runs((alpha > 0) & (alpha < 1.0)):
+            out[:, :, a:b] += (alpha[a:b] * vol[:, :, a - off:b - off]).astype(np.float32)
     return out

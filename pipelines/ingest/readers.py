@@ -63,10 +63,12 @@ class Volume:
 # orientation
 
 
-def reorient_to_ras(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def reorient_to_ras(
+    data: np.ndarray, affine: np.ndarray, *, copy: bool = True
+) -> tuple[np.ndarray, np.ndarray]:
     """Permute/flip array axes so the affine is closest to RAS+ (nibabel's
     ``as_closest_canonical``); the world position of every voxel is unchanged and an oblique
-    affine keeps its exact rotation."""
+    affine keeps its exact rotation.  ``copy=False`` returns a strided view."""
     from nibabel.orientations import (
         apply_orientation,
         axcodes2ornt,
@@ -79,7 +81,9 @@ def reorient_to_ras(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, n
     xform = ornt_transform(ornt, axcodes2ornt(("R", "A", "S")))
     if np.array_equal(xform, [[0, 1], [1, 1], [2, 1]]):
         return data, np.asarray(affine, dtype=np.float64)
-    out = np.ascontiguousarray(apply_orientation(data, xform))
+    out = apply_orientation(data, xform)
+    if copy:
+        out = np.ascontiguousarray(out)
     return out, np.asarray(affine, dtype=np.float64) @ inv_ornt_aff(xform, data.shape)
 
 
@@ -181,8 +185,9 @@ def _finish(data: np.ndarray, path: Path, labels: bool) -> np.ndarray:
             raise ReaderError(f"{path}: label image has negative values (min {data.min()})")
         if data.size and data.max() > np.iinfo(np.int32).max:
             raise ReaderError(f"{path}: label values too large (max {data.max()})")
-        return data.astype(np.int32, copy=False)
-    return data.astype(np.float32, copy=False)
+        return np.ascontiguousarray(data, dtype=np.int32)
+    # one pass: reoriented view -> contiguous float32
+    return np.ascontiguousarray(data, dtype=np.float32)
 
 
 # --------------------------------------------------------------------------------------------
@@ -251,8 +256,8 @@ def read_nifti(path: str | Path, *, labels: bool = False) -> Volume:
     affine = np.asarray(img.affine, dtype=np.float64)
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise ReaderError(f"{p}: affine is singular or not finite")
-    data = _finish(raw, p, labels)
-    data, affine = reorient_to_ras(data, affine)
+    data, affine = reorient_to_ras(raw, affine, copy=False)
+    data = _finish(data, p, labels)
     return Volume(data, affine, str(p), "nifti")
 
 
@@ -274,7 +279,35 @@ class _Slice:
     slice_gap: float | None = None  # SpacingBetweenSlices or SliceThickness, single-slice case
 
 
+def _raw_text(ds, keyword: str) -> str | None:
+    """A text (DS/IS/UI/CS) element's value without pydicom's per-value conversion, which
+    dominates the cost of reading a series header by header; None when absent or empty."""
+    from pydicom.datadict import tag_for_keyword
+
+    try:
+        elem = ds.get_item(tag_for_keyword(keyword))
+    except KeyError:
+        return None
+    if elem is None:
+        return None
+    value = elem.value
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        text = value.decode("latin-1").strip(" \0")
+    elif isinstance(value, str):
+        text = value.strip()
+    else:
+        try:
+            text = "\\".join(str(v) for v in value)
+        except TypeError:
+            text = str(value)
+    return text or None
+
+
 def _floats(value, n: int, what: str, where: str) -> np.ndarray:
+    if isinstance(value, str):
+        value = value.split("\\")
     try:
         arr = np.array([float(v) for v in value], dtype=np.float64)
     except (TypeError, ValueError):
@@ -303,8 +336,11 @@ def _value_map(rwvm, rescale, where: str) -> tuple[float, float]:
             raise ReaderError(f"{where}: Real World Value Mapping by LUT is not supported")
     slope = rescale.get("RescaleSlope", None) if rescale is not None else None
     inter = rescale.get("RescaleIntercept", None) if rescale is not None else None
-    slope = 1.0 if slope in (None, "") else float(slope)
-    inter = 0.0 if inter in (None, "") else float(inter)
+    try:
+        slope = 1.0 if slope in (None, "") else float(slope)
+        inter = 0.0 if inter in (None, "") else float(inter)
+    except (TypeError, ValueError):
+        raise ReaderError(f"{where}: rescale slope/intercept is not numeric") from None
     if not np.isfinite(slope) or not np.isfinite(inter) or slope == 0:
         raise ReaderError(f"{where}: invalid rescale slope/intercept")
     return slope, inter
@@ -412,12 +448,17 @@ def _enhanced_slices(ds, f: Path, labels: bool) -> list[_Slice]:
 
 def _classic_slice(ds, f: Path, labels: bool) -> _Slice:
     where = f"{f}"
+    geo = {}
     for tag in ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing"):
-        if tag not in ds or ds[tag].value in (None, ""):
+        geo[tag] = _raw_text(ds, tag)
+        if geo[tag] is None:
             raise ReaderError(f"{where}: no {tag}; cannot place the slice in space")
-    slope, inter = _value_map(_first(ds, "RealWorldValueMappingSequence"), ds, where)
-    ps = _floats(ds.PixelSpacing, 2, "PixelSpacing", where)
-    gap = ds.get("SpacingBetweenSlices") or ds.get("SliceThickness")
+    rwvm = _first(ds, "RealWorldValueMappingSequence") if "RealWorldValueMappingSequence" in ds \
+        else None
+    rescale = {k: _raw_text(ds, k) for k in ("RescaleSlope", "RescaleIntercept")}
+    slope, inter = _value_map(rwvm, rescale, where)
+    ps = _floats(geo["PixelSpacing"], 2, "PixelSpacing", where)
+    gap = _raw_text(ds, "SpacingBetweenSlices") or _raw_text(ds, "SliceThickness")
 
     def values() -> np.ndarray:
         arr = _pixels(ds, f)
@@ -426,8 +467,8 @@ def _classic_slice(ds, f: Path, labels: bool) -> _Slice:
         return _apply_map(arr, slope, inter, labels)
 
     return _Slice(
-        ipp=_floats(ds.ImagePositionPatient, 3, "ImagePositionPatient", where),
-        iop=_floats(ds.ImageOrientationPatient, 6, "ImageOrientationPatient", where),
+        ipp=_floats(geo["ImagePositionPatient"], 3, "ImagePositionPatient", where),
+        iop=_floats(geo["ImageOrientationPatient"], 6, "ImageOrientationPatient", where),
         spacing=(float(ps[0]), float(ps[1])), rows=int(ds.Rows), cols=int(ds.Columns),
         values=values, where=where, slice_gap=float(gap) if gap not in (None, "") else None,
     )
@@ -462,14 +503,14 @@ def read_dicom(path: str | Path, *, labels: bool = False) -> Volume:
         headers.append((f, ds))
     series: dict[str, list] = {}
     for f, ds in headers:
-        series.setdefault(str(getattr(ds, "SeriesInstanceUID", "")), []).append(f)
+        series.setdefault(_raw_text(ds, "SeriesInstanceUID") or "", []).append(f)
     if len(series) > 1:
         counts = sorted((len(v) for v in series.values()), reverse=True)
         raise ReaderError(
             f"{p}: {len(series)} DICOM series in one folder (files per series: {counts}, "
             "told apart by SeriesInstanceUID); put each series in its own folder"
         )
-    multi = [(f, ds) for f, ds in headers if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1
+    multi = [(f, ds) for f, ds in headers if int(_raw_text(ds, "NumberOfFrames") or 1) > 1
              or "PerFrameFunctionalGroupsSequence" in ds]
     if multi and len(headers) > 1:
         raise ReaderError(
@@ -482,8 +523,8 @@ def read_dicom(path: str | Path, *, labels: bool = False) -> Volume:
     else:
         slices = [_classic_slice(ds, f, labels) for f, ds in headers]
     data, affine = assemble_slices(slices, p)
+    data, affine = reorient_to_ras(data, _LPS_TO_RAS @ affine, copy=False)
     data = _finish(data, p, labels)
-    data, affine = reorient_to_ras(data, _LPS_TO_RAS @ affine)
     log.debug("%s: DICOM series of %d slices -> %s", p, len(slices), data.shape)
     return Volume(data, affine, str(p), "dicom")
 
@@ -491,18 +532,21 @@ def read_dicom(path: str | Path, *, labels: bool = False) -> Volume:
 def assemble_slices(slices: list[_Slice], path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Stack 2-D slices into a volume (axes: column, row, slice) and its LPS affine."""
     first = slices[0]
+    iops = np.stack([s.iop for s in slices])
+    bad = np.flatnonzero(np.any(np.abs(iops - first.iop) > 1e-4, axis=1))
+    if bad.size:
+        s = slices[bad[0]]
+        raise ReaderError(
+            f"{path}: mixed orientations: {s.where} has ImageOrientationPatient "
+            f"{np.round(s.iop, 4).tolist()}, {first.where} has {np.round(first.iop, 4).tolist()}"
+        )
     for s in slices[1:]:
-        if not np.allclose(s.iop, first.iop, atol=1e-4):
-            raise ReaderError(
-                f"{path}: mixed orientations: {s.where} has ImageOrientationPatient "
-                f"{np.round(s.iop, 4).tolist()}, {first.where} has {np.round(first.iop, 4).tolist()}"
-            )
         if (s.rows, s.cols) != (first.rows, first.cols):
             raise ReaderError(
                 f"{path}: mixed matrix sizes: {s.where} is {s.rows}x{s.cols}, "
                 f"{first.where} is {first.rows}x{first.cols}"
             )
-        if not np.allclose(s.spacing, first.spacing, atol=1e-4):
+        if abs(s.spacing[0] - first.spacing[0]) > 1e-4 or abs(s.spacing[1] - first.spacing[1]) > 1e-4:
             raise ReaderError(
                 f"{path}: mixed pixel spacings: {s.where} {s.spacing} mm, {first.where} "
                 f"{first.spacing} mm"

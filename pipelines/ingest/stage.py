@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -141,18 +142,18 @@ def _read(ref: ImageRef, config: IngestConfig) -> Volume:
     if labels:
         return vol
     data = vol.data
-    finite = np.isfinite(data)
-    if not finite.all():
-        n_bad = int(data.size - np.count_nonzero(finite))
+    if not data.size:
+        return vol
+    lo, hi = float(data.min()), float(data.max())  # NaN propagates: no mask needed when clean
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        n_bad = int(data.size - np.count_nonzero(np.isfinite(data)))
         raise ReaderError(f"{ref.path}: {n_bad} NaN/Inf voxel(s)")
-    if ref.channel in MAGNITUDE_CHANNELS and data.size:
-        lo = float(data.min())
-        if lo < -config.negative_tolerance:
-            n_neg = int(np.count_nonzero(data < -config.negative_tolerance))
-            raise ReaderError(
-                f"{ref.path}: {n_neg} negative voxel(s) (min {lo:g}) in a {ref.channel} "
-                "magnitude image"
-            )
+    if ref.channel in MAGNITUDE_CHANNELS and lo < -config.negative_tolerance:
+        n_neg = int(np.count_nonzero(data < -config.negative_tolerance))
+        raise ReaderError(
+            f"{ref.path}: {n_neg} negative voxel(s) (min {lo:g}) in a {ref.channel} "
+            "magnitude image"
+        )
     return vol
 
 
@@ -240,31 +241,24 @@ def ingest_participant(
         water = {s: _read_station(images, s, "water", config)[1] for s in images.stations}
         water_grids = {s: Grid(v.shape, v.affine) for s, v in water.items()}
         grid = common_grid([water_grids[s] for s in images.stations])
-        arrays: dict[str, np.ndarray] = {}
-        for ch in channels:  # one channel's station volumes in memory at a time
-            arrays[ch] = _stitch_channel(images, ch, grid, water_grids, config,
-                                         volumes=water if ch == "water" else None)
-        resampled = _resampled_stations(water_grids, grid, images.stations)
-        attrs = GroupAttrs(
-            participant_id=pid,
-            site=images.site,
-            affine=tuple(tuple(float(x) for x in row) for row in grid.affine),
-            spacing_mm=grid.spacing,
-            shape=grid.shape,
-            sources=tuple(sorted(sources.items())),
-            input_hash=digest,
-            stations=len(images.stations),
-            channels=tuple(c for c in channels if c in IMAGE_ARRAYS),
-            labels_source="manifest" if LABELS_ARRAY in channels else "",
-            software_version=_software_version(),
-            extra=(("ingest", {
-                "format_version": INGEST_FORMAT_VERSION,
-                "reference_station": int(images.stations[0]),
-                "resampled_stations": resampled,
-                "blend": "linear",
-            }),),
-        )
-        zstore.write_group(store, pid, arrays, attrs)
+        attrs = _attrs(images, grid, water_grids, sources, digest, channels)
+        # one channel's station volumes in memory at a time; each stitched channel is
+        # compressed and written (whole, by one call) in a helper thread while the next one
+        # is read, so decompressing inputs and compressing outputs overlap
+        with zstore.GroupWriter(store, pid, shape=grid.shape) as writer, \
+                ThreadPoolExecutor(1, thread_name_prefix=f"ingest-{pid}") as pool:
+            pending = []
+            for ch in channels:
+                arr = _stitch_channel(images, ch, grid, water_grids, config,
+                                      volumes=water if ch == "water" else None)
+                writer.check(ch, arr)
+                if pending:  # at most one channel waiting to be written
+                    pending.pop().result()
+                pending.append(pool.submit(writer.add, ch, arr))
+                del arr
+            for fut in pending:
+                fut.result()
+            writer.commit(attrs)
     except ParticipantError:
         raise
     except Exception as e:
@@ -273,6 +267,29 @@ def ingest_participant(
     log.info("participant %s: ingested %d station(s) -> %s in %.1f s",
              pid, len(images.stations), grid.shape, seconds)
     return IngestResult(pid, True, digest, grid.shape, seconds)
+
+
+def _attrs(images: ParticipantImages, grid: Grid, water_grids: dict[int, Grid],
+           sources: dict[str, str], digest: str, channels: tuple[str, ...]) -> GroupAttrs:
+    return GroupAttrs(
+        participant_id=images.participant_id,
+        site=images.site,
+        affine=tuple(tuple(float(x) for x in row) for row in grid.affine),
+        spacing_mm=grid.spacing,
+        shape=grid.shape,
+        sources=tuple(sorted(sources.items())),
+        input_hash=digest,
+        stations=len(images.stations),
+        channels=tuple(c for c in channels if c in IMAGE_ARRAYS),
+        labels_source="manifest" if LABELS_ARRAY in channels else "",
+        software_version=_software_version(),
+        extra=(("ingest", {
+            "format_version": INGEST_FORMAT_VERSION,
+            "reference_station": int(images.stations[0]),
+            "resampled_stations": _resampled_stations(water_grids, grid, images.stations),
+            "blend": "linear",
+        }),),
+    )
 
 
 def _resampled_stations(water_grids: dict[int, Grid], grid: Grid, stations) -> list[int]:

@@ -259,3 +259,29 @@ def test_delete_group(store):
     S.delete_group(store, "P1")
     assert S.participant_ids(store) == []
     assert list(store.iterdir()) == [store / "zarr.json"]
+
+
+def test_group_writer_commits_atomically_and_aborts_cleanly(store):
+    from concurrent.futures import ThreadPoolExecutor
+
+    shape = (8, 8, 8)
+    old = _arrays(shape, seed=1)
+    S.write_group(store, "P1", old, _attrs("P1", shape))
+    new = _arrays(shape, seed=2)
+    # an error before commit: the old group stays, no debris
+    with pytest.raises(RuntimeError, match="boom"), S.GroupWriter(store, "P1", shape=shape) as w:
+        w.add("water", new["water"])
+        assert S.participant_ids(store) == ["P1"]
+        raise RuntimeError("boom")
+    np.testing.assert_array_equal(S.read_array(store, "P1", "water"), old["water"])
+    assert not any(p.name.startswith(TMP_PREFIX) for p in store.iterdir())
+    # arrays added from a helper thread, then committed
+    with S.GroupWriter(store, "P1", shape=shape) as w, ThreadPoolExecutor(1) as pool:
+        for fut in [pool.submit(w.add, n, a) for n, a in new.items()]:
+            fut.result()
+        with pytest.raises(ValueError, match="written twice"):
+            w.add("fat", new["fat"])
+        with pytest.raises(ValueError, match="attrs shape"):
+            w.commit(_attrs("P1", (8, 8, 9)))
+        w.commit(_attrs("P1", shape))
+    np.testing.assert_array_equal(S.read_array(store, "P1", "fat"), new["fat"])

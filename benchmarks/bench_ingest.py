@@ -1,0 +1,165 @@
+"""Ingest throughput and store size for one whole-body participant.
+
+Writes one synthetic whole-body Dixon participant (4 channels x 4 overlapping stations) as
+``.nii.gz`` (int16, LAS, as dcm2niix writes) and as classic DICOM series, then measures in
+the same run:
+
+* ``bare_read_s``: just reading the same files (nibabel ``dataobj`` of every file; pydicom
+  ``dcmread(...).pixel_array`` of every slice) - the baseline the issue names;
+* ``ingest_s``: :func:`pipelines.ingest.ingest_participant` into a fresh store (hashing,
+  reading, checks, RAS reorientation, stitching, compression, atomic write);
+* ``reingest_unchanged_s``: the same call again (hashes match, nothing rewritten);
+* ``store_ratio``: bytes on disk of the participant's group / its arrays as raw float32.
+
+Goals (issue 3): ``ingest_s / bare_read_s <= 1.5`` and ``store_ratio <= 0.6``.  Times are the
+best of ``repeats`` runs, alternating baseline and ingest so both see the same page cache.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+GOAL_TIME_RATIO = 1.5
+GOAL_STORE_RATIO = 0.6
+
+
+def _write_participant(out: Path, fmt: str, shape, spacing, stations: int) -> tuple[Path, int]:
+    """Write one participant's station files and a manifest; return (manifest, voxels)."""
+    import pandas as pd
+
+    from pipelines.synth.phantom import PhantomSpec, make_phantom
+    from pipelines.synth.writers import (
+        fake_identity,
+        station_slices,
+        write_dicom_series,
+        write_nifti,
+    )
+
+    ph = make_phantom(PhantomSpec(shape=shape, spacing_mm=spacing), 0)
+    rng = np.random.default_rng(0)
+    ident = fake_identity(rng, age=50, sex="female", weight_kg=70, height_m=1.7, site="A")
+    rows, voxels = [], 0
+    for station, (k0, k1) in enumerate(station_slices(shape[2], stations, 0.12)[::-1]):
+        aff = ph.affine.copy()
+        aff[:3, 3] = ph.affine[:3, :3] @ [0, 0, k0] + ph.affine[:3, 3]
+        for channel, vol in ph.channels().items():
+            sub = vol[:, :, k0:k1]
+            voxels += sub.size
+            if fmt == "nifti":
+                rel = f"s{station}_{channel}.nii.gz"
+                write_nifti(out / rel, sub, aff, axcodes="LAS", integer=True)
+            else:
+                rel = f"s{station}_{channel}"
+                write_dicom_series(out / rel, sub, aff, identity=ident, study_key="b",
+                                   series_key=f"b/{station}/{channel}", series_number=station,
+                                   series_description="bench", image_type=("DERIVED",),
+                                   rng=rng)
+            rows.append({"participant_id": "B0001", "site": "A", "station": station,
+                         "channel": channel, "path": rel})
+    manifest = out / "manifest.csv"
+    pd.DataFrame(rows).to_csv(manifest, index=False)
+    return manifest, voxels
+
+
+def _bare_read(manifest_dir: Path, fmt: str) -> float:
+    """Seconds to read every file of the participant with nibabel or pydicom only."""
+    import nibabel as nib
+    import pydicom
+
+    t0 = time.perf_counter()
+    if fmt == "nifti":
+        for f in sorted(manifest_dir.glob("*.nii.gz")):
+            np.asanyarray(nib.load(f).dataobj)
+    else:
+        for d in sorted(p for p in manifest_dir.iterdir() if p.is_dir()):
+            for f in sorted(d.iterdir()):
+                pydicom.dcmread(f).pixel_array  # noqa: B018 - decoding is the point
+    return time.perf_counter() - t0
+
+
+def _dir_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _measure(work: Path, fmt: str, shape, spacing, stations: int, repeats: int) -> dict:
+    import scipy.ndimage  # noqa: F401 - import once, as a long-lived worker has
+    import zarr  # noqa: F401
+
+    from pipelines import store as zstore
+    from pipelines.ingest import IngestConfig, ingest_participant
+    from schemas.manifest import load_manifest
+
+    src = work / f"src_{fmt}"
+    t0 = time.perf_counter()
+    manifest, voxels = _write_participant(src, fmt, shape, spacing, stations)
+    write_s = time.perf_counter() - t0
+    item = load_manifest(manifest).participants[0]
+    bare, ingest = [], []
+    store = work / f"store_{fmt}.zarr"
+    for _ in range(repeats):
+        bare.append(_bare_read(src, fmt))
+        shutil.rmtree(store, ignore_errors=True)
+        t0 = time.perf_counter()
+        res = ingest_participant(item, store=store, config=IngestConfig())
+        ingest.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    again = ingest_participant(item, store=store, config=IngestConfig())
+    reingest = time.perf_counter() - t0
+    if again.written:
+        raise RuntimeError("re-ingest of unchanged inputs rewrote the group")
+    attrs = zstore.read_attrs(store, "B0001")
+    n_arrays = len(attrs.channels)
+    raw = int(np.prod(attrs.shape)) * 4 * n_arrays
+    on_disk = _dir_bytes(store / "B0001")
+    voxel_mb = voxels * 4 / 1e6
+    best_bare, best_ingest = min(bare), min(ingest)
+    return {
+        "format": fmt,
+        "source_files_mb": round(_dir_bytes(src) / 1e6, 2),
+        "voxel_data_mb_float32": round(voxel_mb, 2),
+        "stitched_shape": list(res.shape),
+        "write_inputs_s": round(write_s, 2),
+        "bare_read_s": round(best_bare, 3),
+        "ingest_s": round(best_ingest, 3),
+        "bare_read_mb_s": round(voxel_mb / best_bare, 1),
+        "ingest_mb_s": round(voxel_mb / best_ingest, 1),
+        "ingest_over_bare_read": round(best_ingest / best_bare, 3),
+        "reingest_unchanged_s": round(reingest, 3),
+        "store_mb": round(on_disk / 1e6, 2),
+        "raw_float32_mb": round(raw / 1e6, 2),
+        "store_ratio": round(on_disk / raw, 3),
+        "goal_time_met": best_ingest / best_bare <= GOAL_TIME_RATIO,
+        "goal_store_met": on_disk / raw <= GOAL_STORE_RATIO,
+        "all_times_s": {"bare_read": [round(x, 3) for x in bare],
+                        "ingest": [round(x, 3) for x in ingest]},
+    }
+
+
+def run(out_dir: Path, quick: bool) -> dict:
+    """Measure ingest against bare reads for a whole-body participant (NIfTI and DICOM).
+
+    ``quick``: a 112x84x240 participant at 4.5x4.5x4 mm, one repeat; otherwise a UK-Biobank-
+    like 224x168x320 participant at 2.25x2.25x3 mm, three repeats.
+    """
+    out_dir = Path(out_dir)
+    work = out_dir / "work"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    if quick:
+        shape, spacing, repeats = (112, 84, 240), (4.5, 4.5, 4.0), 1
+    else:
+        shape, spacing, repeats = (224, 168, 320), (2.25, 2.25, 3.0), 3
+    results = {
+        "participant": {"shape": list(shape), "spacing_mm": list(spacing), "stations": 4,
+                        "channels": 4, "repeats": repeats},
+        "goals": {"ingest_over_bare_read_max": GOAL_TIME_RATIO,
+                  "store_ratio_max": GOAL_STORE_RATIO},
+    }
+    for fmt in ("nifti", "dicom"):
+        results[fmt] = _measure(work, fmt, shape, spacing, 4, repeats)
+    shutil.rmtree(work, ignore_errors=True)
+    return results
