@@ -149,13 +149,18 @@ def strata_boxplots(cohort: pd.DataFrame, values: tuple[str, ...], outcome: str,
 
 
 def site_distributions(cohort: pd.DataFrame, values: tuple[str, ...], group: str) -> bytes:
-    """Box plots of each metric per site."""
+    """Box plots of each metric per site, two metrics per row."""
     values = tuple(v for v in values if v in cohort.columns)
     sites = sorted(cohort[group].dropna().astype(str).unique())
-    fig = _fig(max(6, 0.45 * len(sites) + 2), 2.8 * len(values))
-    axes = fig.subplots(len(values), 1, squeeze=False)
-    for i, v in enumerate(values):
-        ax = axes[i][0]
+    ncol = 2 if len(values) > 1 else 1
+    nrow = (len(values) + ncol - 1) // ncol
+    fig = _fig(max(6, ncol * (0.3 * len(sites) + 2.5)), 2.8 * nrow)
+    axes = fig.subplots(nrow, ncol, squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        if k >= len(values):
+            ax.set_visible(False)
+            continue
+        v = values[k]
         data = [cohort.loc[cohort[group].astype(str) == s, v].dropna().to_numpy(float)
                 for s in sites]
         ax.boxplot(data, tick_labels=sites, showfliers=False)
