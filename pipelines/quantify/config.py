@@ -52,7 +52,11 @@ class QuantifyConfig:
     slab_voxels : the whole-array kernel works through the arrays in flat slabs of this many
         voxels so its temporaries stay in CPU cache (CuPy arrays are processed in one slab).
     swap_ff, swap_fraction : a muscle whose share of valid voxels with ``ff >= swap_ff``
-        exceeds ``swap_fraction`` raises the suspected water-fat swap flag.
+        exceeds ``swap_fraction`` raises the suspected water-fat swap flag. The default 0.8
+        ("mostly" read as "nearly all") keeps fat-replaced muscles of myopathy patients
+        (Mercuri grade 4 starts at 60 % InterMAT) from being flagged unless almost fully
+        replaced, while a swapped lean muscle (ff about 0.9-0.97) is always caught; 0.5 is the
+        literal "more than half".
     ipop_tolerance : with in-phase and opposed-phase images, the swap flag is also raised when
         ``mean|IP - (W + F)|`` or ``mean|OP - |W - F||`` over valid muscle voxels exceeds this
         fraction of ``mean(W + F)``.
@@ -76,7 +80,7 @@ class QuantifyConfig:
     histogram_bins: int = 256
     slab_voxels: int = 1 << 19
     swap_ff: float = 0.5
-    swap_fraction: float = 0.5
+    swap_fraction: float = 0.8
     ipop_tolerance: float = 0.15
     max_low_signal_fraction: float = 0.05
     expected_muscles: tuple[str, ...] = MUSCLE_NAMES
