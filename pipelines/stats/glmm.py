@@ -95,6 +95,7 @@ class _Problem:
         self.nagq = nagq
         self.u_hat = np.zeros(self.G)
         self.y_sum = self.gsum(self.y)
+        self.sgn = 2.0 * self.y - 1.0
 
     def gsum(self, a: np.ndarray) -> np.ndarray:
         """Sum rows of ``a`` (n,) or (n, m) within each group."""
@@ -143,11 +144,20 @@ class _Problem:
         s = 1.0 / np.sqrt(c)
         # node positions per group (G, K) and per row (n, K)
         uk = u_hat[:, None] + s[:, None] * z[None, :]
-        eta = eta0[:, None] + theta * uk[gi]
-        e = np.exp(-np.abs(eta))
-        ll_rows = y[:, None] * eta - (np.maximum(eta, 0.0) + np.log1p(e))
-        mu_k = np.where(eta >= 0, 1.0, e) / (1.0 + e)
-        hk = self.gsum(ll_rows) - 0.5 * uk * uk
+        # per row and node, with t = (2y - 1) * eta:  log p(y | u_k) = min(t, 0) - log1p(e^-|t|)
+        # and y - mu = (2y - 1) * expit(-t); in place, as the (n, K) arrays dominate the cost
+        sgn = self.sgn[:, None]
+        T = (theta * uk)[gi]
+        T += eta0[:, None]
+        T *= sgn
+        pos = T >= 0
+        E = np.abs(T)
+        np.negative(E, out=E)
+        np.exp(E, out=E)
+        L = np.log1p(E)
+        np.minimum(T, 0.0, out=T)
+        T -= L
+        hk = self.gsum(T) - 0.5 * uk * uk
         a = hk + 0.5 * z[None, :] ** 2 + self.logw[None, :]
         amax = a.max(axis=1, keepdims=True)
         ea = np.exp(a - amax)
@@ -157,7 +167,10 @@ class _Problem:
         if not need_grad:
             return ll, None
         pi = ea / tot  # (G, K) posterior weights of the nodes
-        r_k = y[:, None] - mu_k  # (n, K)
+        r_k = np.where(pos, E, 1.0)
+        E += 1.0
+        r_k /= E
+        r_k *= sgn  # y - mu at each node, (n, K)
         # partial derivatives of h at each node (fixed u), averaged over the nodes
         dh_dbeta = self.gsum((r_k * pi[gi]).sum(axis=1)[:, None] * X)
         sr_k = self.gsum(r_k)  # (G, K)
@@ -260,6 +273,7 @@ def fit_random_intercept_logit(
     max_iter: int = 200,
     theta0: float | None = None,
     _polish: bool = True,
+    _beta0: np.ndarray | None = None,
 ) -> GlmmResult:
     """Fit a logistic regression with a random intercept per group by maximum likelihood.
 
@@ -316,12 +330,13 @@ def fit_random_intercept_logit(
     if rank < p:
         raise ValueError(f"design matrix is rank deficient (rank {rank} < {p} terms {list(names)})")
     groups = _group_codes(groups)
-    beta = _fit_glm(X, y, names)
+    beta = _fit_glm(X, y, names) if _beta0 is None else _beta0
     params = np.r_[0.5 if theta0 is None else theta0, beta]
     if nagq > 1:
         # the Laplace optimum is a close start for AGHQ and ~25x cheaper to reach
         lap = fit_random_intercept_logit(X, y, groups, nagq=1, names=names, tol=1e-6,
-                                         max_iter=max_iter, theta0=theta0, _polish=False)
+                                         max_iter=max_iter, theta0=theta0, _polish=False,
+                                         _beta0=beta)
         params = np.r_[max(lap.theta, 0.05), lap.beta]
         H_start = lap.hessian
     else:
