@@ -45,6 +45,9 @@ def train(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     threads: int = typer.Option(2, "--threads", help="Torch CPU threads."),
     seed: int = typer.Option(0, "--seed", help="Seed of initialisation and patch sampling."),
+    init: Path | None = typer.Option(
+        None, "--init", help="Start from this checkpoint's weights (fine-tuning or resuming); "
+        "its architecture, channels and preprocessing are kept."),
     full_precision: bool = typer.Option(
         False, "--full-precision", help="Store float32 weights (default float16: half the "
         "file size, loaded back into float32)."),
@@ -71,9 +74,9 @@ def train(
             num_threads=threads, seed=seed, device=device, half_weights=not full_precision,
         )
         if synthetic:
-            result = train_on_phantoms(out, config=config)
+            result = train_on_phantoms(out, config=config, init_from=init)
         else:
-            result = train_store(store, out, config=config)
+            result = train_store(store, out, config=config, init_from=init)
     except ValueError as e:
         print(f"error: {e}")
         raise typer.Exit(2) from None

@@ -324,6 +324,7 @@ def fit(
     training_info: dict[str, Any],
     pool_size: int = 12,
     refresh_every: int = 2,
+    init_from: str | Path | None = None,
 ) -> TrainResult:
     """Train a model and write its best checkpoint to ``out``.
 
@@ -337,6 +338,9 @@ def fit(
     training_info : JSON-able description of the data (source, hash, ...), stored in the
         checkpoint's ``meta["training"]``.
     pool_size : volumes held in memory; one is replaced every ``refresh_every`` steps.
+    init_from : a checkpoint to start from (fine-tuning, or resuming a stopped run): its
+        architecture, channels, preprocessing and weights are used, and ``config``'s
+        architecture settings ignored.
     """
     import torch
     from monai.losses import DiceCELoss
@@ -358,7 +362,28 @@ def fit(
         training={**training_info, "config": _jsonable(asdict(config))},
         software_version=software_version(),
     )
+    if init_from is not None:
+        from pipelines.segment.checkpoint import read_checkpoint
+
+        state, start = read_checkpoint(init_from)
+        spec = start.preprocessing
+        meta = ModelMeta(**{
+            **meta.__dict__,
+            "architecture": start.architecture,
+            "architecture_kwargs": start.architecture_kwargs,
+            "channels": start.channels,
+            "preprocessing": spec,
+            "inference": start.inference,
+            "training": {**meta.training, "init_from_sha256": file_sha256(init_from),
+                         "init_from_training": {k: v for k, v in start.training.items()
+                                                if k != "history"}},
+        })
+        config = TrainConfig(**{**config.__dict__, "channels": start.channels,
+                                "patch_size": start.inference.roi_size,
+                                "spacing_mm": spec.spacing_mm})
     net = build_network(meta).to(device)
+    if init_from is not None:
+        net.load_state_dict({k: v.float() for k, v in state.items()})
     opt = torch.optim.AdamW(net.parameters(), lr=config.learning_rate, weight_decay=1e-5)
     total = config.epochs * config.steps_per_epoch
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -448,9 +473,12 @@ def _jsonable(d: Any) -> Any:
     return d
 
 
-def train_on_phantoms(out: str | Path, *, config: TrainConfig) -> TrainResult:
+def train_on_phantoms(
+    out: str | Path, *, config: TrainConfig, init_from: str | Path | None = None
+) -> TrainResult:
     """Train on fresh synthetic phantoms (seeds from :data:`TRAIN_SEEDS`, validation on
-    :data:`VAL_SEEDS`); how the shipped default model is made."""
+    :data:`VAL_SEEDS`); how the shipped default model is made.  ``init_from``: a checkpoint
+    to continue from."""
     seed_rng = np.random.default_rng([config.seed, 7])
 
     def sample(i: int) -> Case:
@@ -466,7 +494,7 @@ def train_on_phantoms(out: str | Path, *, config: TrainConfig) -> TrainResult:
         "test_seed_start": TEST_SEED_START,
         "phantom_sampler_version": PHANTOM_SAMPLER_VERSION,
     }
-    return fit(sample, val, out, config=config, training_info=info)
+    return fit(sample, val, out, config=config, training_info=info, init_from=init_from)
 
 
 def train(
@@ -476,11 +504,13 @@ def train(
     config: TrainConfig,
     validation_fraction: float = 0.2,
     participant_ids: Sequence[str] | None = None,
+    init_from: str | Path | None = None,
 ) -> TrainResult:
     """Train on a store's participants that have ``labels`` (``myocohort train``).
 
     A deterministic ``validation_fraction`` of them (at least one) is held out for
-    validation; the rest are trained on.
+    validation; the rest are trained on.  ``init_from``: a checkpoint to fine-tune (e.g. the
+    phantom-trained default model as a starting point for real labelled scans).
 
     Raises
     ------
@@ -515,4 +545,5 @@ def train(
         "validation_participants": [c.name for c in val],
     }
     return fit(sample, val, out, config=config, training_info=info,
-               pool_size=min(12, len(tr)), refresh_every=2 if len(tr) > 12 else 0)
+               pool_size=min(12, len(tr)), refresh_every=2 if len(tr) > 12 else 0,
+               init_from=init_from)

@@ -65,6 +65,16 @@ def test_train_command_on_a_labelled_store(tmp_path):
     assert len(meta.training["data_hash"]) == 64
     assert set(meta.validation["dice"]) == set(meta.vocabulary[1:])
     assert meta.preprocessing.spacing_mm == (12.0, 12.0, 12.0)
+    # fine-tune from it: architecture and preprocessing come from the starting checkpoint
+    out2 = tmp_path / "m2.pt"
+    res = runner.invoke(app, ["train", "--store", str(root), "--out", str(out2), "--init",
+                              str(out), "--epochs", "1", "--steps-per-epoch", "1",
+                              "--val-every", "1", "--device", "cpu", "--threads", "1"])
+    assert res.exit_code == 0, res.output
+    _, meta2 = read_checkpoint(out2)
+    assert meta2.preprocessing.spacing_mm == (12.0, 12.0, 12.0)
+    assert meta2.architecture_kwargs == meta.architecture_kwargs
+    assert len(meta2.training["init_from_sha256"]) == 64
 
 
 def test_train_command_needs_labels(tiny_store, tmp_path):
