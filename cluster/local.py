@@ -37,6 +37,11 @@ class LocalBackend(ClusterBackend):
         }
         if p.resources:
             kwargs["resources"] = p.resources
+        # each worker gets threads_per_worker cores: keep numba/OpenMP/BLAS pools to that many
+        # (dask already pins OMP/MKL/OpenBLAS to 1 thread; numba and torch read these)
+        n = str(p.threads_per_worker)
+        kwargs["env"] = {"NUMBA_NUM_THREADS": n, "OMP_NUM_THREADS": n, "MKL_NUM_THREADS": n,
+                         "OPENBLAS_NUM_THREADS": n}
         return kwargs
 
     def render(self) -> str:

@@ -316,8 +316,9 @@ def _stage(stage: str, fn: Callable[..., Any], items: list[Any], *, lazy: _LazyC
     """Fan one stage out over ``items`` with progress, ledger callbacks and the JSON log."""
     from pipelines._dask import map_participants
 
-    progress = StageProgress(stage, total=len(items), skipped=up_to_date, stream=stream)
     events.event("stage_started", stage=stage, todo=len(items), up_to_date=up_to_date)
+    client = lazy.get() if items else None  # stage timings exclude the cluster's start-up
+    progress = StageProgress(stage, total=len(items), skipped=up_to_date, stream=stream)
 
     def on_done(outcome: Outcome) -> None:
         on_outcome(outcome)
@@ -332,11 +333,10 @@ def _stage(stage: str, fn: Callable[..., Any], items: list[Any], *, lazy: _LazyC
                          traceback_file=f.traceback_file)
 
     outcomes: list[Outcome] = []
-    if items:
+    if client is not None:
         from cluster.base import ClusterUnavailable
         from pipelines._dask import check_resources
 
-        client = lazy.get()
         res = resources(client) if resources is not None else None
         try:
             check_resources(client, res)
