@@ -1,0 +1,9 @@
+#!/bin/bash
+# tls-secret.sh NAME CA_PEM CERT_PEM KEY_PEM [NAMESPACE]
+# A Secret with the keys the rendered DaskCluster mounts (ca.pem, tls.crt, tls.key); set
+# `kubernetes.tls_secret: NAME` and `tls: {ca_file, cert, key}` (same files) in the profile.
+set -euo pipefail
+name=${1:?usage: tls-secret.sh NAME CA_PEM CERT_PEM KEY_PEM [NAMESPACE]}
+ns=${5:-default}
+kubectl -n "$ns" create secret generic "$name" \
+    --from-file=ca.pem="$2" --from-file=tls.crt="$3" --from-file=tls.key="$4"
