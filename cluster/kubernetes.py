@@ -13,6 +13,7 @@ import copy
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from cluster.base import ClusterBackend, ClusterUnavailable, close_quietly
@@ -112,7 +113,9 @@ class KubernetesBackend(ClusterBackend):
         """A Secret holding the CA, certificate and key of ``security`` (temporary TLS)."""
         import base64
 
-        def b64(text: str) -> str:
+        def b64(value: str) -> str:
+            # temporary security holds PEM text; a profile's own holds file paths
+            text = value if "-----BEGIN" in value else Path(value).read_text()
             return base64.b64encode(text.encode()).decode()
 
         cfg = security.get_tls_config_for_role("scheduler")

@@ -227,6 +227,9 @@ def test_kubernetes_temporary_tls_secret_manifest():
     backend = backend_for(load_profile("kubernetes"))
     secret = backend.tls_secret_manifest(Security.temporary())
     assert secret["kind"] == "Secret" and set(secret["data"]) == {"ca.pem", "tls.crt", "tls.key"}
+    import base64
+
+    assert base64.b64decode(secret["data"]["ca.pem"]).startswith(b"-----BEGIN CERTIFICATE")
 
 
 # ---- local-cuda without a GPU ------------------------------------------------------------
