@@ -17,14 +17,15 @@ Imported only by :mod:`pipelines.quantify.volume` when Numba is installed.
 
 from __future__ import annotations
 
+import types
+
 import numba as nb
 import numpy as np
 
 _JIT = {"nogil": True, "cache": True, "fastmath": False, "error_model": "numpy"}
 
 
-@nb.njit(parallel=True, **_JIT)
-def count_pass(w, f, lab, tt, slab):  # pragma: no cover - compiled
+def _count_pass_py(w, f, lab, tt, slab):  # pragma: no cover - compiled
     """Per slab: (voxels with ``W + F >= tt`` in the input precision, finite ``W + F``,
     muscle voxels)."""
     n = w.size
@@ -48,8 +49,7 @@ def count_pass(w, f, lab, tt, slab):  # pragma: no cover - compiled
     return out
 
 
-@nb.njit(parallel=True, **_JIT)
-def tail_pass(w, f, tt, slab, offsets, tail):  # pragma: no cover - compiled
+def _tail_pass_py(w, f, tt, slab, offsets, tail):  # pragma: no cover - compiled
     """Write the float64 ``W + F`` of the voxels counted by :func:`count_pass`."""
     n = w.size
     nslab = (n + slab - 1) // slab
@@ -74,8 +74,7 @@ def _slot(ffv, fat_threshold, nbins):  # pragma: no cover - compiled
     return bb + (nbins if ffv >= fat_threshold else 0)
 
 
-@nb.njit(parallel=True, **_JIT)
-def main_pass(w, f, lab, ip, op, has_ipop, want_ff, ff, floor, floor32, fat_threshold, nbins,
+def _main_pass_py(w, f, lab, ip, op, has_ipop, want_ff, ff, floor, floor32, fat_threshold, nbins,
               swap_ff, n_labels, max_label, slab, mus_offsets, idx):  # pragma: no cover
     """The ff map (as kernels.fat_fraction), per-slab accumulators (as
     kernels.accumulate_voxels) and the muscle voxels' flat positions ``idx`` (written at
@@ -140,8 +139,7 @@ def main_pass(w, f, lab, ip, op, has_ipop, want_ff, ff, floor, floor32, fat_thre
     return counts, sums, swap, extra
 
 
-@nb.njit(parallel=True, **_JIT)
-def _select_count(w, f, lab, idx, floor, fat_threshold, nbins, max_label, wanted, slab
+def _select_count_py(w, f, lab, idx, floor, fat_threshold, nbins, max_label, wanted, slab
                   ):  # pragma: no cover - compiled
     m_all = idx.size
     nslab = max(1, (m_all + slab - 1) // slab)
@@ -164,8 +162,7 @@ def _select_count(w, f, lab, idx, floor, fat_threshold, nbins, max_label, wanted
     return out
 
 
-@nb.njit(parallel=True, **_JIT)
-def _select_fill(w, f, lab, idx, floor, fat_threshold, nbins, max_label, wanted, slab, offsets,
+def _select_fill_py(w, f, lab, idx, floor, fat_threshold, nbins, max_label, wanted, slab, offsets,
                  keys, vals):  # pragma: no cover - compiled
     m_all = idx.size
     nslab = max(1, (m_all + slab - 1) // slab)
@@ -189,9 +186,43 @@ def _select_fill(w, f, lab, idx, floor, fat_threshold, nbins, max_label, wanted,
                     p += 1
 
 
-def select_pass(w, f, lab, idx, floor, fat_threshold, nbins, max_label, wanted, slab):
-    """(keys, ff) of the valid muscle voxels (flat positions ``idx``) whose histogram key is
-    wanted (median candidates), in two parallel passes (count, then fill at offsets)."""
+def _compile(py, parallel: bool):
+    """A Numba dispatcher of ``py``; the serial and parallel variants get distinct names so
+    their on-disk caches never mix."""
+    fn = types.FunctionType(py.__code__, py.__globals__, py.__name__, py.__defaults__,
+                            py.__closure__)
+    fn.__qualname__ = f"{py.__qualname__}_{'parallel' if parallel else 'serial'}"
+    return nb.njit(parallel=parallel, **_JIT)(fn)
+
+
+class Kernels:
+    """The compiled passes, multi-threaded (``prange`` over slabs) or single-threaded.
+
+    The single-threaded variant uses no Numba threading layer at all, so it is safe in any
+    number of Dask worker threads at once (Numba's ``workqueue`` layer is not).
+    """
+
+    def __init__(self, parallel: bool) -> None:
+        self.parallel = parallel
+        self.count_pass = _compile(_count_pass_py, parallel)
+        self.tail_pass = _compile(_tail_pass_py, parallel)
+        self.main_pass = _compile(_main_pass_py, parallel)
+        self._select_count = _compile(_select_count_py, parallel)
+        self._select_fill = _compile(_select_fill_py, parallel)
+
+    def select_pass(self, w, f, lab, idx, floor, fat_threshold, nbins, max_label, wanted, slab):
+        """(keys, ff) of the valid muscle voxels (flat positions ``idx``) whose histogram key
+        is wanted (median candidates): count per slab, then fill at per-slab offsets."""
+        return _select(self, w, f, lab, idx, floor, fat_threshold, nbins, max_label, wanted,
+                       slab)
+
+
+SERIAL = Kernels(parallel=False)
+PARALLEL = Kernels(parallel=True)
+
+
+def _select(k: Kernels, w, f, lab, idx, floor, fat_threshold, nbins, max_label, wanted, slab):
+    _select_count, _select_fill = k._select_count, k._select_fill
     cnt = _select_count(w, f, lab, idx, floor, fat_threshold, nbins, max_label, wanted, slab)
     offsets = np.zeros_like(cnt)
     np.cumsum(cnt[:-1], out=offsets[1:])

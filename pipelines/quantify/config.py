@@ -45,8 +45,11 @@ class QuantifyConfig:
         per pass), ``"numba"`` (fused multi-threaded passes; needs Numba) or ``"auto"`` (Numba
         when installed and the inputs are float32 images with integer labels). Both give the
         same numbers; the Dask path and GPU always use the array-module kernels.
-    cpu_threads : threads of the Numba engine (0 = all Numba sees). On a Dask worker with
-        several threads, set it to cores per worker thread to avoid oversubscription.
+    cpu_threads : threads of the Numba engine. 1 (default) compiles single-threaded passes
+        that need no threading layer: right for cohorts, where Dask already runs one
+        participant per worker thread, and immune to oversubscription on a busy machine.
+        0 = every core Numba sees; n > 1 = at most n (multi-threaded passes), for one large
+        participant on an idle machine.
     histogram_bins : fat-fraction bins per class and muscle of the median histogram (any value
         gives exact medians; more bins = smaller refinement pass, larger accumulators).
     slab_voxels : the whole-array kernel works through the arrays in flat slabs of this many
@@ -76,7 +79,7 @@ class QuantifyConfig:
     method: Method = "auto"
     max_whole_voxels: int = 32_000_000
     cpu_engine: CpuEngine = "auto"
-    cpu_threads: int = 0
+    cpu_threads: int = 1
     histogram_bins: int = 256
     slab_voxels: int = 1 << 19
     swap_ff: float = 0.5

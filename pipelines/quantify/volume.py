@@ -127,11 +127,15 @@ def _quantify_volume_numba(w, f, lab, ip, op, *, config: QuantifyConfig, want_ff
     """The whole-array kernel with the fused Numba passes (same numbers as the NumPy one)."""
     import numba
 
-    from pipelines.quantify import _numba as K
+    from pipelines.quantify import _numba
     from pipelines.quantify.kernels import MAX_LABEL
 
-    if config.cpu_threads:
-        numba.set_num_threads(min(config.cpu_threads, numba.config.NUMBA_NUM_THREADS))
+    if config.cpu_threads == 1:
+        K = _numba.SERIAL
+    else:
+        K = _numba.PARALLEL
+        if config.cpu_threads:  # thread-local setting: affects only this worker thread
+            numba.set_num_threads(min(config.cpu_threads, numba.config.NUMBA_NUM_THREADS))
     n = w.size
     slab = max(config.slab_voxels, -(-n // 1024))
     q = config.signal_floor_percentile

@@ -226,8 +226,8 @@ def test_array_namespace_is_numpy_for_numpy_and_dask_meta():
     assert kernels.array_namespace(da.zeros(2)._meta) is np
 
 
-@pytest.mark.parametrize("floor_fraction", [0.05, 0.0])
-def test_numba_engine_equals_numpy_engine(floor_fraction):
+@pytest.mark.parametrize(("floor_fraction", "threads"), [(0.05, 1), (0.0, 1), (0.05, 2)])
+def test_numba_engine_equals_numpy_engine(floor_fraction, threads):
     """The fused Numba passes give the NumPy kernels' numbers (counts, medians and the ff map
     bit for bit; float64 sums to rounding)."""
     pytest.importorskip("numba")
@@ -241,7 +241,7 @@ def test_numba_engine_equals_numpy_engine(floor_fraction):
     runs = {}
     for engine in ("numpy", "numba"):
         cfg = QuantifyConfig(cpu_engine=engine, signal_floor_fraction=floor_fraction,
-                             histogram_bins=32, slab_voxels=2048)
+                             histogram_bins=32, slab_voxels=2048, cpu_threads=threads)
         runs[engine] = quantify_volume(water, fat, labels, ip, op, config=cfg)
     a, b = runs["numpy"], runs["numba"]
     assert a.floor == b.floor and a.n_finite == b.n_finite
