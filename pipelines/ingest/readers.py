@@ -355,7 +355,9 @@ def _apply_map(arr: np.ndarray, slope: float, inter: float, labels: bool) -> np.
     """Mapped values: float64 for labels (checked and made integer later), else float32."""
     if slope == 1.0 and inter == 0.0:
         return arr.astype(np.float64 if labels else np.float32)
-    out = arr.astype(np.float64) * slope + inter
+    out = arr.astype(np.float64)
+    out *= slope
+    out += inter
     return out if labels else out.astype(np.float32)
 
 
@@ -530,7 +532,8 @@ def read_dicom(path: str | Path, *, labels: bool = False) -> Volume:
 
 
 def assemble_slices(slices: list[_Slice], path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Stack 2-D slices into a volume (axes: column, row, slice) and its LPS affine."""
+    """Stack 2-D slices into a volume (axes: column, row, slice; a strided view) and its LPS
+    affine."""
     first = slices[0]
     iops = np.stack([s.iop for s in slices])
     bad = np.flatnonzero(np.any(np.abs(iops - first.iop) > 1e-4, axis=1))
@@ -608,12 +611,12 @@ def assemble_slices(slices: list[_Slice], path: Path) -> tuple[np.ndarray, np.nd
     affine[:3, 1] = col_dir * first.spacing[0]  # axis 1: row index, along the column direction
     affine[:3, 2] = step_vec
     affine[:3, 3] = slices[0].ipp
-    out = None
+    stack = None
     for k, s in enumerate(slices):
         vals = s.values()
         if vals.shape != (first.rows, first.cols):
             raise ReaderError(f"{s.where}: decoded shape {vals.shape} != {first.rows}x{first.cols}")
-        if out is None:  # dtype of the mapped values (float32 images, float64 labels)
-            out = np.empty((first.cols, first.rows, n), dtype=vals.dtype)
-        out[:, :, k] = vals.T
-    return out, affine
+        if stack is None:  # dtype of the mapped values (float32 images, float64 labels)
+            stack = np.empty((n, first.rows, first.cols), dtype=vals.dtype)
+        stack[k] = vals  # contiguous writes; the one reorienting copy comes later
+    return stack.transpose(2, 1, 0), affine
