@@ -59,6 +59,15 @@ class ModelSpec:
     references: tuple[tuple[str, str], ...] = DEFAULT_REFERENCES
 
     def __post_init__(self) -> None:
+        # accept lists (YAML) and a {column: level} mapping for references; store tuples
+        for name in ("exposures", "adjust"):
+            v = getattr(self, name)
+            object.__setattr__(self, name, (v,) if isinstance(v, str) else tuple(v))
+        refs = self.references
+        refs = tuple(refs.items()) if isinstance(refs, dict) else tuple(tuple(r) for r in refs)
+        if any(len(r) != 2 for r in refs):
+            raise ValueError(f"references must be (column, level) pairs, got {self.references!r}")
+        object.__setattr__(self, "references", refs)
         if not self.exposures and not self.adjust:
             raise ValueError("model needs at least one exposure or covariate")
         if self.nagq < 1 or self.nagq > 100:

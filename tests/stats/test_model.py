@@ -154,3 +154,18 @@ def test_cli_fit_bad_input_exit_2(cohort, tmp_path):
     res = CliRunner().invoke(app, ["fit", str(pq), "--out", str(tmp_path / "f.json")])
     assert res.exit_code == 2
     assert "age" in res.output
+
+
+def test_model_spec_accepts_yaml_shapes():
+    s = ModelSpec(exposures=["intermat_pct"], adjust="age", references={"sex": "female"})
+    assert s.exposures == ("intermat_pct",) and s.adjust == ("age",)
+    assert s.references == (("sex", "female"),)
+    with pytest.raises(ValueError, match="nagq"):
+        ModelSpec(nagq=0)
+    with pytest.raises(ValueError, match="more than once"):
+        ModelSpec(exposures=("age",), adjust=("age",))
+
+
+def test_reference_override_changes_the_contrast(cohort):
+    d = build_design(cohort, ModelSpec(references=(("sex", "female"),)))
+    assert "sex[male]" in d.names and d.references["sex"] == "female"
