@@ -16,6 +16,7 @@ import hashlib
 import logging
 import warnings
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -476,6 +477,37 @@ def _classic_slice(ds, f: Path, labels: bool) -> _Slice:
     )
 
 
+class _WithheldFilter(logging.Filter):
+    """Drops pydicom's log records (its warnings may quote header values) and counts them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        self.count += 1
+        return False
+
+
+@contextmanager
+def _withhold_pydicom_messages(path: Path):
+    """While reading ``path``, keep pydicom's own warnings and log records (which may quote
+    identifying header values, e.g. an invalid PatientBirthDate) out of the logs; report only
+    how many there were."""
+    pydicom_log = logging.getLogger("pydicom")
+    dropped = _WithheldFilter()
+    pydicom_log.addFilter(dropped)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+    finally:
+        pydicom_log.removeFilter(dropped)
+    n = max(dropped.count, len(caught))
+    if n:
+        log.debug("%s: %d pydicom warning(s) withheld (they may quote header values)", path, n)
+
+
 def read_dicom(path: str | Path, *, labels: bool = False) -> Volume:
     """Read one DICOM series (a folder of classic single-frame files, or one enhanced
     multi-frame file, alone or in a folder) as a 3-D volume.
@@ -494,6 +526,11 @@ def read_dicom(path: str | Path, *, labels: bool = False) -> Volume:
         truncated files.
     """
     p = Path(path)
+    with _withhold_pydicom_messages(p):
+        return _read_dicom(p, labels)
+
+
+def _read_dicom(p: Path, labels: bool) -> Volume:
     files = source_files(p)
     if not files:
         raise ReaderError(f"{p}: DICOM folder contains no files")

@@ -267,3 +267,31 @@ def test_empty_folder(tmp_path):
     (tmp_path / "e").mkdir()
     with pytest.raises(ReaderError, match="contains no files"):
         read_volume(tmp_path / "e")
+
+
+def test_pydicom_messages_quoting_header_values_are_withheld(tmp_path, truth, caplog,
+                                                            monkeypatch):
+    """pydicom warns (and logs) with the offending value when a header value is invalid;
+    such messages must not reach our logs."""
+    import logging
+
+    from pydicom.misc import warn_and_log
+
+    from pipelines.ingest import readers
+
+    caplog.set_level(logging.DEBUG)
+    data, aff = truth
+    write_dicom_series(tmp_path / "s", data, aff)
+    real = readers._read_dicom
+
+    def noisy(p, labels):
+        warn_and_log("Invalid value for VR PN: 'Geheim^Person'")
+        return real(p, labels)
+
+    monkeypatch.setattr(readers, "_read_dicom", noisy)
+    v = read_volume(tmp_path / "s")
+    assert v.shape == data.shape
+    assert "Geheim" not in caplog.text
+    assert "pydicom warning(s) withheld" in caplog.text
+    # outside a read, pydicom's logging is untouched
+    assert not logging.getLogger("pydicom").filters
