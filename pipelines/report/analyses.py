@@ -315,7 +315,8 @@ def duration_correlation(lesions: pd.DataFrame) -> dict:
     return out
 
 
-def cluster_patients(lesions: pd.DataFrame, muscles: pd.DataFrame, max_k: int = 6, seed: int = 0
+def cluster_patients(lesions: pd.DataFrame, muscles: pd.DataFrame, max_k: int = 6,
+                     max_patients: int = 5000
                      ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
     """Hierarchical clustering (Ward) of patients on their per-muscle Mercuri grades; the
     number of clusters (2..min(max_k, n-1)) maximises the silhouette score.
@@ -336,6 +337,9 @@ def cluster_patients(lesions: pd.DataFrame, muscles: pd.DataFrame, max_k: int = 
     n_missing = int(grades.isna().sum().sum())
     grades = grades.fillna(grades.median()).fillna(0.0)
     n = len(grades)
+    if n > max_patients:
+        raise ValueError(f"{n} patients: hierarchical clustering needs O(n^2) memory; it is run "
+                         f"up to {max_patients} patients")
     if n < 3:
         raise ValueError(f"clustering needs at least 3 patients with muscle grades, got {n}")
     Z = linkage(grades.to_numpy(float), method="ward")
