@@ -8,8 +8,11 @@ writes through :mod:`pipelines.store`; :mod:`.export` writes any stored array ba
 from __future__ import annotations
 
 from pipelines.ingest.export import export_nifti
+from pipelines.ingest.readers import ReaderError, Volume, read_volume
 from pipelines.ingest.stage import (
     STAGE,
+    GridMismatchError,
+    ImageValueError,
     IngestConfig,
     IngestResult,
     ingest_cohort,
@@ -17,6 +20,7 @@ from pipelines.ingest.stage import (
 )
 
 __all__ = [
-    "STAGE", "IngestConfig", "IngestResult", "export_nifti", "ingest_cohort",
-    "ingest_participant",
+    "STAGE", "GridMismatchError", "ImageValueError", "IngestConfig", "IngestResult",
+    "ReaderError", "Volume", "export_nifti", "ingest_cohort", "ingest_participant",
+    "read_volume",
 ]

@@ -41,6 +41,14 @@ INGEST_FORMAT_VERSION = "1"
 MAGNITUDE_CHANNELS = IMAGE_CHANNELS
 
 
+class ImageValueError(ValueError):
+    """An image was read but its voxel values are unusable (NaN/Inf, negative magnitudes)."""
+
+
+class GridMismatchError(ValueError):
+    """Water and fat of one station are not on the same voxel grid."""
+
+
 @dataclass(frozen=True)
 class IngestConfig:
     """Settings of the ingest stage.
@@ -147,10 +155,10 @@ def _read(ref: ImageRef, config: IngestConfig) -> Volume:
     lo, hi = float(data.min()), float(data.max())  # NaN propagates: no mask needed when clean
     if not (np.isfinite(lo) and np.isfinite(hi)):
         n_bad = int(data.size - np.count_nonzero(np.isfinite(data)))
-        raise ReaderError(f"{ref.path}: {n_bad} NaN/Inf voxel(s)")
+        raise ImageValueError(f"{ref.path}: {n_bad} NaN/Inf voxel(s)")
     if ref.channel in MAGNITUDE_CHANNELS and lo < -config.negative_tolerance:
         n_neg = int(np.count_nonzero(data < -config.negative_tolerance))
-        raise ReaderError(
+        raise ImageValueError(
             f"{ref.path}: {n_neg} negative voxel(s) (min {lo:g}) in a {ref.channel} "
             "magnitude image"
         )
@@ -170,8 +178,8 @@ def _read_station(images: ParticipantImages, s: int, channel: str, config: Inges
     ref = images.get(s, channel)
     try:
         return ref, _read(ref, config)
-    except ReaderError as e:
-        raise ValueError(f"station {s} {channel}: {e}") from e
+    except (ReaderError, ImageValueError) as e:  # keep the type for the failures table
+        raise type(e)(f"station {s} {channel}: {e}") from e
 
 
 def _stitch_channel(
@@ -186,7 +194,7 @@ def _stitch_channel(
             ref, vol = _read_station(images, s, channel, config)
         g = Grid(vol.shape, vol.affine)
         if channel == "fat" and not same_grid(g, water_grids[s], config.grid_tolerance_mm):
-            raise ValueError(
+            raise GridMismatchError(
                 f"station {s}: fat image {ref.path} is on a different grid than the water "
                 f"image {images.get(s, 'water').path}: fat {g.describe()}, water "
                 f"{water_grids[s].describe()}; water and fat of one station must share a grid"
@@ -229,8 +237,11 @@ def ingest_participant(
         for ref in images.images:
             try:
                 sources[_key(ref)] = hash_source(ref.path)
-            except (ReaderError, OSError) as e:
-                raise ValueError(f"station {ref.station} {ref.channel}: {e}") from e
+            except ReaderError as e:
+                raise ReaderError(f"station {ref.station} {ref.channel}: {e}") from e
+            except OSError as e:
+                raise ReaderError(f"station {ref.station} {ref.channel}: {ref.path}: "
+                                  f"cannot read ({e.strerror or e})") from e
         digest = input_hash(sources, images, config)
         if not config.force and pid in zstore.participant_ids(store):
             old = zstore.read_attrs(store, pid)

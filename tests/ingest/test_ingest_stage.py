@@ -217,26 +217,26 @@ def _bad_participants(root: Path, truth) -> dict[str, tuple[str, str]]:
     vol = np.ones((4, 4, 4), np.float32)
     nan = vol.copy()
     nan[0, 0, 0] = np.nan
-    one("NAN", nan, expect=("w.nii.gz: 1 NaN/Inf voxel", "ValueError"))
+    one("NAN", nan, expect=("w.nii.gz: 1 NaN/Inf voxel", "ImageValueError"))
     inf = vol.copy()
     inf[1, 1, 1] = np.inf
-    one("INF", inf, expect=("w.nii.gz: 1 NaN/Inf voxel", "ValueError"))
+    one("INF", inf, expect=("w.nii.gz: 1 NaN/Inf voxel", "ImageValueError"))
     neg = vol.copy()
     neg[2, 2, 2] = -5
-    one("NEG", neg, expect=("w.nii.gz: 1 negative voxel(s) (min -5)", "ValueError"))
-    one("MISSING", None, expect=("w.nii.gz: file not found", "ValueError"))
+    one("NEG", neg, expect=("w.nii.gz: 1 negative voxel(s) (min -5)", "ImageValueError"))
+    one("MISSING", None, expect=("w.nii.gz: file not found", "ReaderError"))
     one("FOURD", np.ones((4, 4, 4, 3), np.float32), expect=("4-D image with 3 volumes",
-                                                            "ValueError"))
-    one("TWOD", np.ones((4, 4), np.float32), expect=("2-D image", "ValueError"))
+                                                            "ReaderError"))
+    one("TWOD", np.ones((4, 4), np.float32), expect=("2-D image", "ReaderError"))
     shifted = AFF.copy()
     shifted[2, 3] += 6.0
     one("GRID", vol, vol, fat_aff=shifted,
-        expect=("station 0: fat image", "ValueError"))
-    one("TRUNC", vol, expect=("w.nii.gz: truncated or corrupt gzip", "ValueError"))
+        expect=("station 0: fat image", "GridMismatchError"))
+    one("TRUNC", vol, expect=("w.nii.gz: truncated or corrupt gzip", "ReaderError"))
     blob = (root / "TRUNC" / "w.nii.gz").read_bytes()
     (root / "TRUNC" / "w.nii.gz").write_bytes(blob[: len(blob) // 2])
     one("TRUNC2", np.ones((40, 40, 40), np.float32) + np.arange(40),
-        expect=("w.nii.gz: truncated or corrupt image data", "ValueError"))
+        expect=("w.nii.gz: truncated or corrupt image data", "ReaderError"))
     blob = (root / "TRUNC2" / "w.nii.gz").read_bytes()
     (root / "TRUNC2" / "w.nii.gz").write_bytes(blob[: len(blob) // 2])
     # an unreadable DICOM series
@@ -249,7 +249,7 @@ def _bad_participants(root: Path, truth) -> dict[str, tuple[str, str]]:
                   path="BADDCM/water"),
              dict(participant_id="BADDCM", site="S", station=0, channel="fat",
                   path="BADDCM/f.nii.gz")]
-    cases["BADDCM"] = (f"{first.name}: DICOM file has no pixel data (truncated", "ValueError")
+    cases["BADDCM"] = (f"{first.name}: DICOM file has no pixel data (truncated", "ReaderError")
     write_manifest(root / "manifest.csv", rows)
     return cases
 
@@ -299,7 +299,7 @@ def test_cli_ingest_failures_and_export(tmp_path, truth):
     store = tmp_path / "store.zarr"
     result = runner.invoke(app, ["ingest", str(tmp_path / "manifest.csv"), "--store", str(store)])
     assert result.exit_code == 1, result.output
-    assert "GOOD: ingested" in result.output and "NAN: FAILED (ValueError)" in result.output
+    assert "GOOD: ingested" in result.output and "NAN: FAILED (ImageValueError)" in result.output
     import pandas as pd
 
     table = pd.read_csv(tmp_path / "ingest-failures.csv")
