@@ -63,4 +63,11 @@ class LocalBackend(ClusterBackend):
             client = Client(cluster, security=security)
             yield client
         finally:
-            close_quietly(client, cluster)
+            # workers busy in torch/numba teardown get killed after 4 s: expected, not news
+            nanny_log = logging.getLogger("distributed.nanny")
+            level = nanny_log.level
+            nanny_log.setLevel(logging.ERROR)
+            try:
+                close_quietly(client, cluster)
+            finally:
+                nanny_log.setLevel(level)

@@ -30,6 +30,13 @@ class EventLog:
         self._fh = self.path.open("a", encoding="utf-8")
         self._handler = _JsonHandler(self)
         self._loggers = [logging.getLogger(n) for n in ("pipelines", "cluster", "jobs")]
+        self._levels = [lg.level for lg in self._loggers]
+        # INFO records reach this file; the terminal keeps the root logger's level (-v)
+        root = logging.getLogger()
+        self._root_filter = _AtLeast(root.getEffectiveLevel())
+        self._root_handlers = list(root.handlers)
+        for h in self._root_handlers:
+            h.addFilter(self._root_filter)
         for lg in self._loggers:
             lg.addHandler(self._handler)
             if lg.level == logging.NOTSET or lg.level > logging.INFO:
@@ -41,8 +48,11 @@ class EventLog:
         self._fh.flush()
 
     def close(self) -> None:
-        for lg in self._loggers:
+        for lg, level in zip(self._loggers, self._levels, strict=True):
             lg.removeHandler(self._handler)
+            lg.setLevel(level)
+        for h in self._root_handlers:
+            h.removeFilter(self._root_filter)
         self._fh.close()
 
     def __enter__(self) -> EventLog:
@@ -50,6 +60,15 @@ class EventLog:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _AtLeast(logging.Filter):
+    def __init__(self, level: int) -> None:
+        super().__init__()
+        self.level = level
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= self.level
 
 
 class _JsonHandler(logging.Handler):
