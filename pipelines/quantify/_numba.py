@@ -7,9 +7,11 @@ in four multi-threaded passes over flat slabs instead of one NumPy pass per oper
 1. :func:`count_pass` - per slab, voxels with ``W + F`` at or above the sampled bound, finite
    ``W + F`` (vectorised, branch-free);
 2. :func:`tail_pass` - the float64 ``W + F`` of those voxels (the percentile's tail);
-3. :func:`main_pass` - the float32 ``ff`` map and, over the slab's muscle voxels, the
-   per-label histogram, ff sums, swap counts and in/opposed-phase deviations;
-4. :func:`select_pass` - the median candidates (voxels in the wanted histogram slots).
+3. main pass - the float32 ``ff`` map and, over the slab's muscle voxels (labels walked 8 at a
+   time), the per-label histogram, ff sums, swap counts and in/opposed-phase deviations, plus
+   each muscle voxel's position and key;
+4. :func:`select_by_key` - the median candidates (muscle voxels in the wanted slots), from the
+   stored keys only.
 
 Inner loops run over slices with ``range(size)``: LLVM vectorises those, not ``range(a, b)``.
 Imported only by :mod:`pipelines.quantify.volume` when Numba is installed.
@@ -74,15 +76,17 @@ def _slot(ffv, fat_threshold, nbins):  # pragma: no cover - compiled
     return bb + (nbins if ffv >= fat_threshold else 0)
 
 
-def _main_pass_py(w, f, lab, ip, op, has_ipop, want_ff, ff, floor, floor32, fat_threshold, nbins,
-              swap_ff, n_labels, max_label, slab, mus_offsets, idx):  # pragma: no cover
+def _main_pass_py(w, f, lab, ip, op, has_ipop, want_ff, ff, floor, floor32, fat_threshold,
+                  nbins, swap_ff, n_labels, max_label, slab, skip8, mus_offsets, idx, mkey
+                  ):  # pragma: no cover - compiled
     """The ff map (as kernels.fat_fraction), per-slab accumulators (as
-    kernels.accumulate_voxels) and the muscle voxels' flat positions ``idx`` (written at
-    ``mus_offsets`` from :func:`count_pass`) in one pass over the voxels."""
+    kernels.accumulate_voxels), and for every muscle voxel its flat position ``idx`` and
+    accumulator key ``mkey`` (written at ``mus_offsets`` from :func:`count_pass`), in one
+    pass over the voxels.  ``skip8``: labels are uint8 and ``slab`` a multiple of 8, so the
+    labels can be walked 8 at a time (whole-body volumes are about 90 % background)."""
     n = w.size
     nslab = (n + slab - 1) // slab
     n_slots = 2 * nbins + 1
-    low_slot = 2 * nbins
     counts = np.zeros((nslab, n_labels * n_slots), dtype=np.int64)
     sums = np.zeros((nslab, n_labels * 2), dtype=np.float64)
     swap = np.zeros((nslab, n_labels), dtype=np.int64)
@@ -106,12 +110,21 @@ def _main_pass_py(w, f, lab, ip, op, has_ipop, want_ff, ff, floor, floor32, fat_
         sw = np.zeros(n_labels, dtype=np.int64)
         ex = np.zeros(5, dtype=np.float64)
         p = mus_offsets[k]
-        for i in range(ll.size):
+        m = ll.size
+        n8 = m // 8 if skip8 else 0
+        words = ll[: n8 * 8].view(np.uint64)
+        i = 0
+        while i < m:
+            # whole-body volumes are ~90 % background: skip 8 zero labels at once
+            if i < 8 * n8 and (i & 7) == 0 and words[i >> 3] == 0:
+                i += 8
+                continue
             raw = ll[i]
             if raw == 0:
+                i += 1
                 continue
-            idx[p] = a + i
-            p += 1
+            # (kept inline: a helper taking the accumulator arrays costs reference counting
+            # on every call, several times the work itself)
             bad = raw > max_label
             lm = 0 if bad else np.int64(raw)
             if bad:
@@ -121,7 +134,8 @@ def _main_pass_py(w, f, lab, ip, op, has_ipop, want_ff, ff, floor, floor32, fat_
             s = wv + fv
             if (s >= floor if positive else s > 0) and s < np.inf:
                 ffv = fv / s
-                c[lm * n_slots + _slot(ffv, fat_threshold, nbins)] += 1
+                key = lm * n_slots + _slot(ffv, fat_threshold, nbins)
+                c[key] += 1
                 sm[lm * 2 + (1 if ffv >= fat_threshold else 0)] += ffv
                 if ffv >= swap_ff:
                     sw[lm] += 1
@@ -131,7 +145,12 @@ def _main_pass_py(w, f, lab, ip, op, has_ipop, want_ff, ff, floor, floor32, fat_
                     ex[3] += s
                     ex[4] += 1.0
             else:
-                c[lm * n_slots + low_slot] += 1
+                key = lm * n_slots + n_slots - 1  # the low-signal slot
+                c[key] += 1
+            idx[p] = a + i
+            mkey[p] = key
+            p += 1
+            i += 1
         counts[k] = c
         sums[k] = sm
         swap[k] = sw
@@ -139,51 +158,24 @@ def _main_pass_py(w, f, lab, ip, op, has_ipop, want_ff, ff, floor, floor32, fat_
     return counts, sums, swap, extra
 
 
-def _select_count_py(w, f, lab, idx, floor, fat_threshold, nbins, max_label, wanted, slab
-                  ):  # pragma: no cover - compiled
-    m_all = idx.size
-    nslab = max(1, (m_all + slab - 1) // slab)
-    n_slots = 2 * nbins + 1
-    positive = floor > 0
-    out = np.zeros(nslab, dtype=np.int64)
-    for k in nb.prange(nslab):
-        a = k * slab
-        b = min(a + slab, m_all)
-        m = 0
-        for j in range(a, b):
+@nb.njit(**_JIT)
+def select_by_key(w, f, idx, mkey, wanted, total):  # pragma: no cover - compiled
+    """(keys, ff) of the muscle voxels whose key (from :func:`main pass <_main_pass_py>`) is
+    wanted; ``total`` is their number, known from the histogram."""
+    keys = np.empty(total, dtype=np.int64)
+    vals = np.empty(total, dtype=np.float64)
+    p = 0
+    for j in range(mkey.size):
+        key = mkey[j]
+        if wanted[key]:
+            if p >= total:
+                raise RuntimeError("median candidates: more voxels than the histogram counted")
             i = idx[j]
-            raw = lab[i]
-            lm = 0 if raw > max_label else np.int64(raw)
-            s = np.float64(w[i]) + np.float64(f[i])
-            if (s >= floor if positive else s > 0) and s < np.inf:
-                if wanted[lm * n_slots + _slot(np.float64(f[i]) / s, fat_threshold, nbins)]:
-                    m += 1
-        out[k] = m
-    return out
-
-
-def _select_fill_py(w, f, lab, idx, floor, fat_threshold, nbins, max_label, wanted, slab, offsets,
-                 keys, vals):  # pragma: no cover - compiled
-    m_all = idx.size
-    nslab = max(1, (m_all + slab - 1) // slab)
-    n_slots = 2 * nbins + 1
-    positive = floor > 0
-    for k in nb.prange(nslab):
-        a = k * slab
-        b = min(a + slab, m_all)
-        p = offsets[k]
-        for j in range(a, b):
-            i = idx[j]
-            raw = lab[i]
-            lm = 0 if raw > max_label else np.int64(raw)
-            s = np.float64(w[i]) + np.float64(f[i])
-            if (s >= floor if positive else s > 0) and s < np.inf:
-                ffv = np.float64(f[i]) / s
-                key = lm * n_slots + _slot(ffv, fat_threshold, nbins)
-                if wanted[key]:
-                    keys[p] = key
-                    vals[p] = ffv
-                    p += 1
+            fv = np.float64(f[i])
+            keys[p] = key
+            vals[p] = fv / (np.float64(w[i]) + fv)
+            p += 1
+    return keys[:p], vals[:p]
 
 
 def _compile(py, parallel: bool):
@@ -207,28 +199,8 @@ class Kernels:
         self.count_pass = _compile(_count_pass_py, parallel)
         self.tail_pass = _compile(_tail_pass_py, parallel)
         self.main_pass = _compile(_main_pass_py, parallel)
-        self._select_count = _compile(_select_count_py, parallel)
-        self._select_fill = _compile(_select_fill_py, parallel)
-
-    def select_pass(self, w, f, lab, idx, floor, fat_threshold, nbins, max_label, wanted, slab):
-        """(keys, ff) of the valid muscle voxels (flat positions ``idx``) whose histogram key
-        is wanted (median candidates): count per slab, then fill at per-slab offsets."""
-        return _select(self, w, f, lab, idx, floor, fat_threshold, nbins, max_label, wanted,
-                       slab)
+        self.select_by_key = select_by_key
 
 
 SERIAL = Kernels(parallel=False)
 PARALLEL = Kernels(parallel=True)
-
-
-def _select(k: Kernels, w, f, lab, idx, floor, fat_threshold, nbins, max_label, wanted, slab):
-    _select_count, _select_fill = k._select_count, k._select_fill
-    cnt = _select_count(w, f, lab, idx, floor, fat_threshold, nbins, max_label, wanted, slab)
-    offsets = np.zeros_like(cnt)
-    np.cumsum(cnt[:-1], out=offsets[1:])
-    total = int(cnt.sum())
-    keys = np.empty(total, dtype=np.int64)
-    vals = np.empty(total, dtype=np.float64)
-    _select_fill(w, f, lab, idx, floor, fat_threshold, nbins, max_label, wanted, slab, offsets,
-                 keys, vals)
-    return keys, vals

@@ -137,7 +137,7 @@ def _quantify_volume_numba(w, f, lab, ip, op, *, config: QuantifyConfig, want_ff
         if config.cpu_threads:  # thread-local setting: affects only this worker thread
             numba.set_num_threads(min(config.cpu_threads, numba.config.NUMBA_NUM_THREADS))
     n = w.size
-    slab = max(config.slab_voxels, -(-n // 1024))
+    slab = -(-max(config.slab_voxels, -(-n // 1024)) // 64) * 64  # multiple of 8 labels
     q = config.signal_floor_percentile
     t = candidate_threshold(signal_sample(w, f, max(1, n // SAMPLE_SIZE)), n, q)
     t32 = w.dtype.type(t)
@@ -146,6 +146,7 @@ def _quantify_volume_numba(w, f, lab, ip, op, *, config: QuantifyConfig, want_ff
     K.tail_pass(w, f, t32, slab, _exclusive_cumsum(cnt[:, 0]), tail)
     first = [(int(cnt[:, 1].sum()), tail)]
     idx = np.empty(int(cnt[:, 2].sum()), dtype=np.int64)
+    mkey = np.empty(idx.size, dtype=np.int32)
 
     def tail_fn(thr: float) -> tuple[int, np.ndarray]:
         return first.pop() if first else signal_tail(w, f, thr)
@@ -158,7 +159,7 @@ def _quantify_volume_numba(w, f, lab, ip, op, *, config: QuantifyConfig, want_ff
     counts, sums, swap, extra = K.main_pass(
         w, f, lab, ip if has_ipop else w, op if has_ipop else f, has_ipop, want_ff, ff,
         kw[0], w.dtype.type(floor), kw[1], kw[2], float(config.swap_ff), layout.n_labels,
-        MAX_LABEL, slab, _exclusive_cumsum(cnt[:, 2]), idx,
+        MAX_LABEL, slab, lab.dtype == np.uint8, _exclusive_cumsum(cnt[:, 2]), idx, mkey,
     )
     vec = np.concatenate([counts.sum(axis=0).astype(np.float64), sums.sum(axis=0),
                           swap.sum(axis=0).astype(np.float64), extra.sum(axis=0)])
@@ -166,8 +167,8 @@ def _quantify_volume_numba(w, f, lab, ip, op, *, config: QuantifyConfig, want_ff
     targets = median_targets(acc)
     wanted = np.zeros(layout.n_labels * layout.n_slots, dtype=np.bool_)
     wanted[targets.keys] = True
-    keys, values = K.select_pass(w, f, lab, idx, *kw, MAX_LABEL, wanted,
-                                 max(1 << 16, -(-idx.size // 64)))
+    total = int(acc.counts.reshape(-1)[targets.keys].sum())
+    keys, values = K.select_by_key(w, f, idx, mkey, wanted, total)
     medians = finalize_medians(targets, keys, values)
     return VolumeResult(floor, pct, n_finite, acc, medians,
                         ff.reshape(shape) if want_ff else None)

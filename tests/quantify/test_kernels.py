@@ -262,3 +262,22 @@ def test_numba_engine_counts_bad_labels():
     labels[2, 2, 2] = 300
     res = quantify_volume(water, fat, labels, config=QuantifyConfig(cpu_engine="numba"))
     assert res.acc.n_bad_label == 1
+
+
+def test_numba_engine_sparse_labels_word_skipping():
+    """Mostly-background labels (the Numba pass skips 8 zero labels at a time): muscle voxels
+    at every offset within a word, and a volume size that is not a multiple of 8."""
+    pytest.importorskip("numba")
+    rng = np.random.default_rng(14)
+    water, fat, _ = random_volume(14, shape=(13, 11, 7))
+    labels = np.zeros(water.shape, np.uint8)
+    flat = labels.reshape(-1)
+    pos = rng.choice(flat.size, size=60, replace=False)
+    flat[pos] = rng.integers(1, 19, pos.size)
+    flat[-1] = 7  # the last voxel, in the partial word
+    runs = [quantify_volume(water, fat, labels, config=QuantifyConfig(cpu_engine=e,
+                                                                      slab_voxels=1024))
+            for e in ("numpy", "numba")]
+    np.testing.assert_array_equal(runs[0].acc.counts, runs[1].acc.counts)
+    np.testing.assert_array_equal(runs[0].medians, runs[1].medians)
+    assert runs[1].acc.n_voxels[1:].sum() == 61
