@@ -54,3 +54,36 @@ def test_slurm_runs_a_cohort_with_tls(slurm_cluster, tmp_path):
     # the work ran in SLURM jobs (worker processes), not in this process
     assert calls and all(line.split()[2] != "client" for line in calls)
     assert list((tmp_path / "slurm-logs").glob("*.err")), "no SLURM job log: no job ran"
+
+
+def test_myocohort_run_cluster_slurm_real_stages(slurm_cluster, tmp_path):
+    """``myocohort run --cluster PROFILE.yaml`` (backend slurm) with the real stages."""
+    import subprocess
+
+    import yaml
+
+    root = Path(__file__).parents[2]
+    cohort = tmp_path / "cohort"
+    r = subprocess.run([sys.executable, "-m", "jobs.cli", "synth", "--out", str(cohort),
+                        "--participants", "2", "--stations", "2", "--shape", "40,28,64"],
+                       cwd=root, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    profile = tmp_path / "slurm-test.yaml"
+    profile.write_text(yaml.safe_dump({
+        "backend": "slurm", "dashboard_address": "127.0.0.1:0",
+        "slurm": {"cores": 1, "memory": "2GiB", "walltime": "00:10:00", "max_jobs": 2,
+                  "shared_temp_directory": str(tmp_path / "tls"),
+                  "log_directory": str(tmp_path / "slurm-logs"),
+                  "job_script_prologue": [f"export PYTHONPATH={root}"]},
+    }))
+    wd = tmp_path / "work"
+    r = subprocess.run([sys.executable, "-m", "jobs.cli", "run",
+                        str(cohort / "manifest_with_labels.csv"), "--covariates",
+                        str(cohort / "covariates.csv"), "--workdir", str(wd), "--cluster",
+                        str(profile)], cwd=root, capture_output=True, text=True, timeout=300)
+    assert r.returncode in (0, 1), r.stderr  # the fit may not be estimable on 2 participants
+    assert "dashboard: http://127.0.0.1:" in r.stderr
+    fails = pd.read_parquet(wd / "failures.parquet")
+    assert set(fails.stage) <= {"fit"}, fails.to_dict("records")
+    assert len(pd.read_parquet(wd / "tables" / "participant_metrics.parquet")) == 2
+    assert list((tmp_path / "slurm-logs").glob("*.err"))
