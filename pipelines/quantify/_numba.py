@@ -51,11 +51,14 @@ def _count_pass_py(w, f, lab, tt, slab):  # pragma: no cover - compiled
     return out
 
 
-def _tail_pass_py(w, f, tt, slab, offsets, tail):  # pragma: no cover - compiled
-    """Write the float64 ``W + F`` of the voxels counted by :func:`count_pass`."""
+def _tail_pass_py(w, f, tt, slab, offsets, n_tail, tail):  # pragma: no cover - compiled
+    """Write the float64 ``W + F`` of the voxels counted by :func:`count_pass` (``n_tail`` per
+    slab; slabs without any are skipped)."""
     n = w.size
     nslab = (n + slab - 1) // slab
     for k in nb.prange(nslab):
+        if n_tail[k] == 0:
+            continue
         a = k * slab
         b = min(a + slab, n)
         ww, fs = w[a:b], f[a:b]

@@ -137,13 +137,21 @@ def _quantify_volume_numba(w, f, lab, ip, op, *, config: QuantifyConfig, want_ff
         if config.cpu_threads:  # thread-local setting: affects only this worker thread
             numba.set_num_threads(min(config.cpu_threads, numba.config.NUMBA_NUM_THREADS))
     n = w.size
-    slab = -(-max(config.slab_voxels, -(-n // 1024)) // 64) * 64  # multiple of 8 labels
+    # fine slabs (64 k voxels) for counting, so the tail pass skips slabs with no tail voxel
+    # (air at the edges of the field of view); main slabs (a whole number of fine slabs,
+    # at most ~64 of them) carry the per-slab accumulators
+    fine = 1 << 16
+    n_fine = -(-n // fine)
+    group = max(-(-config.slab_voxels // fine), -(-n_fine // 64))
+    slab = fine * group
     q = config.signal_floor_percentile
     t = candidate_threshold(signal_sample(w, f, max(1, n // SAMPLE_SIZE)), n, q)
     t32 = w.dtype.type(t)
-    cnt = K.count_pass(w, f, lab, t32, slab)
-    tail = np.empty(int(cnt[:, 0].sum()), dtype=np.float64)
-    K.tail_pass(w, f, t32, slab, _exclusive_cumsum(cnt[:, 0]), tail)
+    cnt_fine = K.count_pass(w, f, lab, t32, fine)
+    tail = np.empty(int(cnt_fine[:, 0].sum()), dtype=np.float64)
+    K.tail_pass(w, f, t32, fine, _exclusive_cumsum(cnt_fine[:, 0]), cnt_fine[:, 0], tail)
+    pad = (-n_fine) % group
+    cnt = np.concatenate([cnt_fine, np.zeros((pad, 3), np.int64)]).reshape(-1, group, 3).sum(1)
     first = [(int(cnt[:, 1].sum()), tail)]
     idx = np.empty(int(cnt[:, 2].sum()), dtype=np.int64)
     mkey = np.empty(idx.size, dtype=np.int32)
