@@ -236,3 +236,20 @@ def test_config_validation():
         QuantifyConfig(normalisation="weight")
     with pytest.raises(ValueError, match="expected_muscles"):
         QuantifyConfig(expected_muscles=("biceps",))
+
+
+def test_cohort_on_a_distributed_client(store):
+    """Everything sent to workers pickles; results match the in-process run."""
+    distributed = pytest.importorskip("distributed")
+    water, fat, labels = random_volume(42, shape=(12, 10, 8))
+    put(store, "D1", {"water": water, "fat": fat, "labels": labels})
+    put(store, "D2", {"water": fat, "fat": water, "labels": labels})
+    cfg = QuantifyConfig(write_ff=False)
+    local = assemble_tables(quantify_cohort(store, ["D1", "D2"], config=cfg))[1]
+    with distributed.Client(processes=False, n_workers=1, threads_per_worker=2,
+                            dashboard_address=None) as client:
+        outcomes = quantify_cohort(store, ["D1", "D2"], config=cfg, client=client)
+    assert all(o.ok for o in outcomes)
+    remote = assemble_tables(outcomes)[1]
+    pd_testing = pytest.importorskip("pandas.testing")
+    pd_testing.assert_frame_equal(local, remote)
