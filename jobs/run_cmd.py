@@ -287,13 +287,14 @@ def run_pipeline(
         lazy = _LazyClient(profile, cluster_stack, echo, events)
         status = "failed"
         try:
-            _run_stages(manifest, covariates, store, parts_dir, tb_dir, ledger, events, lazy,
-                        result, stages=stages, config=config, model_path=model_path,
-                        model_hash_value=model_hash, version=version, max_in_flight=max_in_flight, stream=stream,
-                        config_hash=config_hash, echo=echo)
+            current = _run_stages(
+                manifest, covariates, store, parts_dir, tb_dir, ledger, events, lazy, result,
+                stages=stages, config=config, model_path=model_path, model_hash_value=model_hash,
+                version=version, max_in_flight=max_in_flight, stream=stream,
+                config_hash=config_hash, echo=echo)
             cluster_stack.close()  # free the workers before the cohort-level stages
-            _cohort_stages(manifest, covariates, workdir, tables_dir, parts_dir, tb_dir,
-                           ledger, events, result, stages=stages, config=config,
+            _cohort_stages(manifest, current, covariates, workdir, tables_dir, parts_dir,
+                           tb_dir, ledger, events, result, stages=stages, config=config,
                            stream=stream, echo=echo)
             status = "finished"
         finally:
@@ -372,8 +373,11 @@ def _run_stages(manifest: Manifest, covariates: Any, store: Path, parts_dir: Pat
                 result: RunResult, *, stages: StageFunctions, config: RunConfig,
                 model_path: Path | None, model_hash_value: str, version: str,
                 max_in_flight: int | None, stream: IO[str], config_hash: Callable[[Any], str],
-                echo: Callable[[str], None]) -> None:
-    """ingest -> segment -> quantify on the cluster, each only for what is not up to date."""
+                echo: Callable[[str], None]) -> list[str]:
+    """ingest -> segment -> quantify on the cluster, each only for what is not up to date.
+
+    Returns the participants (manifest order) whose quantify result is current: only they
+    go into the tables (an old part of a participant whose new input failed is stale)."""
     from pipelines.aggregate import has_part, remove_part, write_part
 
     common = dict(lazy=lazy, events=events, stream=stream, max_in_flight=max_in_flight,
@@ -480,9 +484,11 @@ def _run_stages(manifest: Manifest, covariates: Any, store: Path, parts_dir: Pat
                             store=str(store), config=q_cfg, **common)
     result.stages.append(prog.summary())
     result.failures += [o.failure for o in outcomes if not o.ok]
+    return [pid for pid in segmented
+            if ledger.is_current(pid, "quantify", q_keys[pid]) and has_part(parts_dir, pid)]
 
 
-def _cohort_stages(manifest: Manifest, covariates: Any, workdir: Path, tables_dir: Path,
+def _cohort_stages(manifest: Manifest, current: list[str], covariates: Any, workdir: Path, tables_dir: Path,
                    parts_dir: Path, tb_dir: Path, ledger: Ledger, events: EventLog,
                    result: RunResult, *, stages: StageFunctions, config: RunConfig,
                    stream: IO[str], echo: Callable[[str], None]) -> None:
@@ -502,7 +508,7 @@ def _cohort_stages(manifest: Manifest, covariates: Any, workdir: Path, tables_di
         echo(f"error: {stage} failed: {e} (traceback: {path})")
 
     t0 = time.perf_counter()
-    muscle_df, participant_df = read_parts(parts_dir, manifest.participant_ids)
+    muscle_df, participant_df = read_parts(parts_dir, current)
     result.n_in_tables = len(participant_df)
     if participant_df.empty:
         cohort_failure("aggregate", RuntimeError("no participant was quantified; no tables"))

@@ -133,6 +133,18 @@ def test_failing_participant_is_recorded_and_run_goes_on(tmp_path, local_profile
     assert len(tables(wd)[0]) == 5
 
 
+def test_participant_whose_new_input_fails_leaves_the_tables(tmp_path, local_profile):
+    man, cov = make_cohort(tmp_path / "cohort", 4)
+    wd = tmp_path / "work"
+    assert run(man, cov, wd, local_profile)[0].exit_code == 0
+    (tmp_path / "cohort" / "P0002_water.nii").write_text("BAD now")
+    res, _ = run(man, cov, wd, local_profile)
+    assert res.exit_code == 1
+    assert list(pd.read_parquet(wd / "failures.parquet").participant_id) == ["P0002"]
+    # its old results came from the old input: stale, so not in the tables
+    assert sorted(tables(wd)[0].participant_id) == ["P0000", "P0001", "P0003"]
+
+
 def test_fit_failure_is_a_cohort_failure(tmp_path, local_profile):
     man, cov = make_cohort(tmp_path / "cohort", 1)
     wd = tmp_path / "work"
