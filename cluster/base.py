@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import abc
 import logging
-from contextlib import AbstractContextManager
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import TYPE_CHECKING, ClassVar
 
 if TYPE_CHECKING:
@@ -71,6 +72,22 @@ def wait_for_workers(client: Client, n: int, timeout: float, what: str) -> None:
         raise ClusterUnavailable(
             f"{what}: {have} of {n} worker(s) joined within {timeout:.0f} s"
         ) from e
+
+
+@contextmanager
+def quiet_distributed_logs() -> Iterator[None]:
+    """Keep the in-process scheduler's INFO chatter off the terminal (unless ``-v`` asked for
+    INFO) and its shutdown warnings (workers killed after 4 s) entirely; restored on exit."""
+    import distributed  # noqa: F401  (its first import configures the "distributed" logger)
+
+    lg = logging.getLogger("distributed")
+    level = lg.level
+    if logging.getLogger().getEffectiveLevel() > logging.INFO:
+        lg.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        lg.setLevel(level)
 
 
 def close_quietly(*objs: object) -> None:

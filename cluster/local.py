@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from cluster.base import ClusterBackend, close_quietly
+from cluster.base import ClusterBackend, close_quietly, quiet_distributed_logs
 from cluster.security import make_security
 
 if TYPE_CHECKING:
@@ -51,6 +51,10 @@ class LocalBackend(ClusterBackend):
 
     @contextmanager
     def client(self) -> Iterator[Client]:
+        with quiet_distributed_logs():
+            yield from self._client()
+
+    def _client(self) -> Iterator[Client]:
         from distributed import Client, LocalCluster
 
         kwargs = {k: v for k, v in self.cluster_kwargs().items() if v is not None}
@@ -63,11 +67,10 @@ class LocalBackend(ClusterBackend):
             client = Client(cluster, security=security)
             yield client
         finally:
-            # workers busy in torch/numba teardown get killed after 4 s: expected, not news
-            nanny_log = logging.getLogger("distributed.nanny")
-            level = nanny_log.level
-            nanny_log.setLevel(logging.ERROR)
+            lg = logging.getLogger("distributed")
+            level = lg.level
+            lg.setLevel(logging.ERROR)  # shutdown chatter (busy workers killed after 4 s)
             try:
                 close_quietly(client, cluster)
             finally:
-                nanny_log.setLevel(level)
+                lg.setLevel(level)

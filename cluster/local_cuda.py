@@ -9,7 +9,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from cluster.base import ClusterBackend, ClusterUnavailable, close_quietly
+from cluster.base import (
+    ClusterBackend,
+    ClusterUnavailable,
+    close_quietly,
+    quiet_distributed_logs,
+)
 from cluster.security import make_security
 
 if TYPE_CHECKING:
@@ -89,6 +94,10 @@ class LocalCUDABackend(ClusterBackend):
 
     @contextmanager
     def client(self) -> Iterator[Client]:
+        with quiet_distributed_logs():
+            yield from self._client()
+
+    def _client(self) -> Iterator[Client]:
         self.check_available()
         from dask_cuda import LocalCUDACluster
         from distributed import Client
@@ -103,11 +112,10 @@ class LocalCUDABackend(ClusterBackend):
             client = Client(cluster, security=security)
             yield client
         finally:
-            # workers busy in torch/numba teardown get killed after 4 s: expected, not news
-            nanny_log = logging.getLogger("distributed.nanny")
-            level = nanny_log.level
-            nanny_log.setLevel(logging.ERROR)
+            lg = logging.getLogger("distributed")
+            level = lg.level
+            lg.setLevel(logging.ERROR)  # shutdown chatter (busy workers killed after 4 s)
             try:
                 close_quietly(client, cluster)
             finally:
-                nanny_log.setLevel(level)
+                lg.setLevel(level)
