@@ -123,3 +123,22 @@ def test_worker_killed_mid_task_is_replaced_and_participant_retried(tmp_path):
     assert sorted(done) == items, "a participant was lost or its output duplicated"
     starts = [ln.split()[0] for ln in (tmp_path / "starts.log").read_text().splitlines()]
     assert starts.count(victim) == 2, "the killed participant was not retried"
+
+
+def test_local_profile_with_gpu_workers_routes_segment(tmp_path):
+    """A LocalCluster whose workers advertise GPU=1 (on CPU): segment asks for GPU=1."""
+    import json
+
+    from jobs.run_cmd import run_pipeline
+
+    man, cov = make_cohort(tmp_path / "cohort", 3)
+    profile = profile_from_dict({"backend": "local", "n_workers": 2,
+                                 "worker_resources": {"GPU": 1},
+                                 "dashboard_address": "127.0.0.1:0"})
+    wd = tmp_path / "work"
+    res = run_pipeline(man, cov, wd, profile=profile, stages=fake_stage_functions(),
+                       stream=io.StringIO(), echo=lambda m: None)
+    assert res.exit_code == 0, res.failures
+    events = [json.loads(x) for x in (wd / "run.log.jsonl").read_text().splitlines()]
+    routed = {e["stage"]: e["resources"] for e in events if e["event"] == "stage_resources"}
+    assert routed == {"segment": {"GPU": 1}}  # ingest and quantify (device cpu) run anywhere
