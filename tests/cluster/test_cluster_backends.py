@@ -292,3 +292,19 @@ def test_cli_cluster_render_and_list():
     assert r.exit_code == 2 and "built-in profiles" in r.stderr
     r = runner.invoke(app, ["cluster", "list"])
     assert r.exit_code == 0 and "local-cuda" in r.stdout
+
+
+@pytest.mark.gpu
+def test_local_cuda_one_worker_per_gpu_with_gpu_resource():
+    pytest.importorskip("dask_cuda")
+    from cluster.local_cuda import count_gpus
+
+    n = count_gpus()
+    if n == 0:
+        pytest.skip("no usable CUDA GPU")
+    p = profile_from_dict({"backend": "local-cuda", "dashboard_address": "127.0.0.1:0"})
+    with backend_for(p).client() as client:
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+        assert len(workers) == n
+        assert all(w["resources"].get("GPU") == 1 for w in workers.values())
+        assert all(a.startswith("tls://") for a in workers)
