@@ -308,3 +308,52 @@ def test_local_cuda_one_worker_per_gpu_with_gpu_resource():
         assert len(workers) == n
         assert all(w["resources"].get("GPU") == 1 for w in workers.values())
         assert all(a.startswith("tls://") for a in workers)
+
+
+def test_kubernetes_client_creates_and_removes_the_tls_secret(monkeypatch):
+    """The client() path with the operator faked by a TLS LocalCluster: the DaskCluster spec
+    is passed, a temporary-certificate Secret is created, used and deleted."""
+    import dask_kubernetes.operator as op
+    from distributed import LocalCluster
+    from distributed.security import Security
+
+    import cluster.kubernetes as kmod
+
+    security = Security.temporary()
+    monkeypatch.setattr(kmod, "make_security", lambda profile: security)
+    record: dict = {}
+
+    class FakeSecret:
+        def delete(self):
+            record["deleted"] = True
+
+    def fake_create(self, sec):
+        record["secret"] = self.tls_secret_manifest(sec)
+        return FakeSecret()
+
+    monkeypatch.setattr(kmod.KubernetesBackend, "_create_secret", fake_create)
+
+    class FakeKubeCluster:
+        def __init__(self, custom_cluster_spec, namespace, shutdown_on_close):
+            record["spec"] = custom_cluster_spec
+            self._c = LocalCluster(n_workers=1, threads_per_worker=1, security=security,
+                                   protocol="tls://", dashboard_address=":0",
+                                   host="127.0.0.1")
+            self.scheduler_address = self._c.scheduler_address.replace("tls://", "tcp://")
+
+        def adapt(self, minimum, maximum):
+            record["adapt"] = (minimum, maximum)
+
+        def close(self):
+            self._c.close()
+            record["closed"] = True
+
+    monkeypatch.setattr(op, "KubeCluster", FakeKubeCluster)
+    backend = backend_for(profile_from_dict({"backend": "kubernetes",
+                                             "kubernetes": {"max_workers": 3}}))
+    with backend.client() as client:
+        assert client.submit(sum, [2, 3]).result() == 5
+        assert client.scheduler.address.startswith("tls://")
+    assert record["spec"]["kind"] == "DaskCluster" and record["adapt"] == (1, 3)
+    assert record["secret"]["metadata"]["name"] == "myocohort-tls"
+    assert record["deleted"] and record["closed"]
