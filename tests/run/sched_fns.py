@@ -37,3 +37,12 @@ def track_in_flight(item, *, out: str, sleep_s: float) -> str:
     time.sleep(sleep_s)
     marker.unlink()
     return item
+
+
+def kill_own_worker_for(item, *, victim: str) -> str:
+    """Kills its own worker process (like the OOM killer) when given the victim participant."""
+    import signal
+
+    if item == victim:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return item

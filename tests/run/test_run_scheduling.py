@@ -142,3 +142,23 @@ def test_local_profile_with_gpu_workers_routes_segment(tmp_path):
     events = [json.loads(x) for x in (wd / "run.log.jsonl").read_text().splitlines()]
     routed = {e["stage"]: e["resources"] for e in events if e["event"] == "stage_resources"}
     assert routed == {"segment": {"GPU": 1}}  # ingest and quantify (device cpu) run anywhere
+
+
+@pytest.mark.slow
+def test_participant_that_kills_every_worker_fails_alone(tmp_path):
+    """A participant that kills its worker at every attempt (an OOM) ends as one failure
+    (KilledWorker) once the scheduler gives up; every other participant completes."""
+    import dask
+    from distributed import LocalCluster
+
+    items = [f"P{i}" for i in range(5)]
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
+        with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0",
+                          host="127.0.0.1") as cluster, Client(cluster) as client:
+            out = map_participants(sched_fns.kill_own_worker_for, items, stage="segment",
+                                   participant_id=str, client=client, victim="P2")
+    by_pid = {o.participant_id: o for o in out}
+    assert sorted(by_pid) == items
+    assert not by_pid["P2"].ok and by_pid["P2"].failure.error_type == "KilledWorker"
+    assert "P2" in by_pid["P2"].failure.message
+    assert all(by_pid[p].ok for p in items if p != "P2")
