@@ -283,6 +283,12 @@ def run_pipeline(
         events.event("run_started", run_id=run_id, manifest=str(manifest.source),
                      participants=len(manifest), profile=profile.name, version=version,
                      workdir=str(workdir))
+        if covariates is not None:
+            missing = [p for p in manifest.participant_ids if p not in covariates.index]
+            if missing:
+                echo(f"warning: {len(missing)} participant(s) have no covariates row (first: "
+                     f"{missing[0]}); their covariates are empty in tables/cohort.parquet")
+                events.event("covariates_missing", participants=missing)
         cluster_stack = stack.enter_context(ExitStack())
         lazy = _LazyClient(profile, cluster_stack, echo, events)
         status = "failed"
