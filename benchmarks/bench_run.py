@@ -31,6 +31,32 @@ def _noop(item: int) -> int:
     return item
 
 
+def _burn(_: int) -> float:
+    """A fixed amount of pure-Python CPU work (no I/O, no threads)."""
+    t0 = time.perf_counter()
+    x = 0
+    for i in range(4_000_000):
+        x += i
+    return time.perf_counter() - t0
+
+
+def cpu_ceiling(n_tasks: int = 8) -> dict[str, Any]:
+    """Control: the speedup 2 workers can get on this machine right now, from CPU-bound
+    tasks with no I/O (1.0 = only one core free, 2.0 = two idle cores)."""
+    from distributed import Client, LocalCluster
+
+    walls = {}
+    for workers in (1, 2):
+        with LocalCluster(n_workers=workers, threads_per_worker=1, dashboard_address=":0",
+                          host="127.0.0.1") as cluster, Client(cluster) as client:
+            client.gather(client.map(_burn, range(workers), pure=False))  # warm up
+            t0 = time.perf_counter()
+            client.gather(client.map(_burn, range(n_tasks), pure=False))
+            walls[workers] = time.perf_counter() - t0
+    return {"burn_wall_s_1": round(walls[1], 2), "burn_wall_s_2": round(walls[2], 2),
+            "speedup_ceiling_2_vs_1": round(walls[1] / walls[2], 2)}
+
+
 def scheduling_overhead(n: int) -> dict[str, Any]:
     """Wall time per participant of a no-op stage through map_participants vs client.map."""
     from distributed import Client, LocalCluster
@@ -116,7 +142,7 @@ def run(out_dir: Path, quick: bool) -> dict[str, Any]:
                               "scheduling": scheduling_overhead(200 if quick else 2000)}
 
     shape = (56, 40, 96) if quick else (84, 56, 160)
-    n = 8 if quick else 16
+    n = 6 if quick else 16
     cohort = out_dir / "cohort"
     build_cohort(SynthConfig(participants=n, stations=2, shape=shape, seed=1, sites=2), cohort)
     try:
@@ -126,14 +152,22 @@ def run(out_dir: Path, quick: bool) -> dict[str, Any]:
     except ImportError:
         has_model = False
     manifest = cohort / ("manifest.csv" if has_model else "manifest_with_labels.csv")
-    runs = [_run_cohort(manifest, cohort / "covariates.csv", out_dir / f"work-{w}", w)
-            for w in (1, 2)]
+    # alternate 1, 2 (, 2, 1) workers in fresh workdirs and keep each one's fastest run: the
+    # machine may be shared, and its load drifts during the benchmark
+    order = (1, 2) if quick else (1, 2, 2, 1)
+    best: dict[int, dict[str, Any]] = {}
+    for i, w in enumerate(order):
+        r = _run_cohort(manifest, cohort / "covariates.csv", out_dir / f"work-{i}-{w}", w)
+        if w not in best or r["image_stages_wall_s"] < best[w]["image_stages_wall_s"]:
+            best[w] = r
+    runs = [best[1], best[2]]
     result["cohort"] = {"participants": n, "shape": shape, "manifest": manifest.name,
-                        "segment_measured": has_model}
+                        "segment_measured": has_model, "runs": list(order)}
     result["throughput"] = runs
     w1, w2 = runs[0]["image_stages_wall_s"], runs[1]["image_stages_wall_s"]
     result["speedup_2_vs_1"] = round(w1 / w2, 2) if w2 else None
     result["speedup_goal"] = 1.8
+    result["control"] = cpu_ceiling()
     result["load_avg_1min_at_end"] = round(os.getloadavg()[0], 2)
     import numpy as np
 
