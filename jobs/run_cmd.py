@@ -95,10 +95,13 @@ def _real_fit(table: Any, spec: Any) -> Any:
     return fit_model(table, spec)
 
 
-def _real_report(workdir: Path, **kwargs: Any) -> Path:
+def _real_report(workdir: Path, stats: Any = None) -> Path:
     from pipelines.report import build_report
+    from pipelines.report.build import ReportConfig
 
-    return build_report(workdir, **kwargs)
+    # the report's main model is the run's `stats` model, so report and fit.json agree
+    config = ReportConfig(main=stats, nagq=stats.nagq) if stats is not None else None
+    return build_report(workdir, config)
 
 
 def _quantify_task(item: tuple[str, dict | None], *, store: str, config: Any) -> Any:
@@ -550,7 +553,7 @@ def _cohort_stages(manifest: Manifest, current: list[str], covariates: Any, work
         t0 = time.perf_counter()
         ok = False
         try:
-            path = stages.report(workdir)
+            path = stages.report(workdir, stats=stages.config(config, "stats"))
             echo(f"report: {path}")
             ok = True
         except Exception as e:

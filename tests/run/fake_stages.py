@@ -147,7 +147,7 @@ def fake_fit(table, spec) -> FakeFit:
     return FakeFit(len(table), float(table["intermat_pct"].mean()))
 
 
-def fake_report(workdir: Path) -> Path:
+def fake_report(workdir: Path, stats: object = None) -> Path:
     import pandas as pd
 
     n = len(pd.read_parquet(Path(workdir) / "tables" / "cohort.parquet"))
