@@ -207,7 +207,7 @@ def _as_stored_dtype(name: str, array: np.ndarray, pid: str) -> np.ndarray:
     return array.astype(dtype, copy=False)
 
 
-def _create_array(path: Path, data: np.ndarray) -> None:
+def _zarr_array(path: Path, data: np.ndarray, attributes: dict | None = None) -> None:
     """Write ``data`` as a standalone Zarr v3 array rooted at folder ``path`` (whole shards)."""
     import zarr
     from zarr.storage import LocalStore
@@ -223,10 +223,172 @@ def _create_array(path: Path, data: np.ndarray) -> None:
         compressors=_compressor(),
         fill_value=fill,
         dimension_names=DIMENSION_NAMES,
+        attributes=attributes,
         zarr_format=3,
         overwrite=True,
     )
     arr[...] = np.ascontiguousarray(data)
+
+
+def _create_array(path: Path, data: np.ndarray, *, value_maps=()) -> None:
+    """Write ``data`` as a standalone Zarr v3 array rooted at folder ``path``.
+
+    With ``value_maps`` (candidate ``(slope, intercept)`` pairs) a float32 array whose z-slices
+    are exactly ``float32(q * slope + intercept)`` for integers ``q`` is stored as the integers
+    (see :func:`quantise_exact`); otherwise, or when that is not exact, as float32.
+    """
+    if value_maps and data.dtype == np.float32:
+        enc = quantise_exact(data, value_maps)
+        if enc is not None:
+            q, meta, floats = enc
+            _zarr_array(path, q, {ENCODING_KEY: meta})
+            if floats is not None:
+                _zarr_array(path / FLOAT_SLICES, floats)
+            return
+    _zarr_array(path, data)
+
+
+# --------------------------------------------------------------------------------------------
+# exact integer encoding of scaled images (DICOM RescaleSlope/Intercept, NIfTI scl_slope)
+
+#: Zarr attribute of an array stored as integers ``q``: the values are
+#: ``float32(float64(q) * slope + intercept)`` per z-slice (see :func:`quantise_exact`).
+ENCODING_KEY = "myocohort_encoding"
+#: Sub-array (inside the array's folder) holding the z-slices that are stored as float32.
+FLOAT_SLICES = "float_slices"
+_MAX_VALUE_MAPS = 64
+_Q_DTYPES = (np.uint8, np.int8, np.uint16, np.int16, np.int32)
+
+
+def _decode_slab(q: np.ndarray, slopes: np.ndarray, inters: np.ndarray) -> np.ndarray:
+    """``float32(float64(q) * slope[z] + intercept[z])`` (the readers' own arithmetic)."""
+    out = q.astype(np.float64)
+    out *= slopes
+    out += inters
+    return out.astype(np.float32)
+
+
+def quantise_exact(data: np.ndarray, value_maps, *, x_block: int = 16):
+    """Integers ``q`` with ``data == float32(float64(q) * slope + intercept)`` bit for bit.
+
+    Scanner images are integers mapped to real values by a slope and intercept (DICOM
+    RescaleSlope/RescaleIntercept or a Real World Value Mapping; NIfTI ``scl_slope``).  The
+    float32 result of that mapping fills every mantissa bit, which no lossless compressor can
+    undo, while the integers compress several times smaller.  Each z-slice (axis 2) may use its
+    own pair from ``value_maps``; a slice no pair reproduces exactly (e.g. a blended overlap of
+    two stations) is kept as float32.
+
+    Parameters
+    ----------
+    data : 3-D float32 array.
+    value_maps : candidate ``(slope, intercept)`` pairs (at most 64 are tried).
+
+    Returns
+    -------
+    ``(q, meta, floats)`` or None when fewer than half of the slices are exact (then storing
+    float32 is as good).  ``q`` is the smallest integer dtype that holds the values (0 in
+    float slices); ``meta`` is the JSON encoding (``maps``: list of ``[slope, intercept]``;
+    ``map_index``: per z-slice index into ``maps``, -1 for a float slice; ``dtype``);
+    ``floats`` holds the float slices (shape ``(nx, ny, n_float)``) or is None.
+    """
+    if data.ndim != 3 or data.dtype != np.float32 or not data.size:
+        return None
+    maps = []
+    for s, c in value_maps:
+        s, c = float(s), float(c)
+        if np.isfinite(s) and np.isfinite(c) and s != 0 and (s, c) not in maps:
+            maps.append((s, c))
+    maps = maps[:_MAX_VALUE_MAPS]
+    if not maps:
+        return None
+    data = np.ascontiguousarray(data)
+    nx, ny, nz = data.shape
+    bits = data.view(np.uint32)
+    # per slice: the first pair exact on a sparse sample (cheap), verified below on every voxel
+    sample = data[::7, ::7, :]
+    choice = np.full(nz, -1, dtype=np.int64)
+    for m, (s, c) in enumerate(maps):
+        todo = choice < 0
+        if not todo.any():
+            break
+        sub = sample[:, :, todo]
+        q = np.rint((sub.astype(np.float64) - c) / s)
+        ok = np.all(_decode_slab(q, s, c).view(np.uint32) == sub.view(np.uint32), axis=(0, 1))
+        choice[np.flatnonzero(todo)[ok]] = m
+    if np.count_nonzero(choice >= 0) * 2 < nz:
+        return None
+    slopes = np.array([maps[m][0] if m >= 0 else 1.0 for m in choice])
+    inters = np.array([maps[m][1] if m >= 0 else 0.0 for m in choice])
+    qf = np.empty(data.shape, dtype=np.float64)
+    bad = choice < 0
+    for i in range(0, nx, x_block):  # x-blocks: contiguous, cache-sized temporaries
+        blk = data[i:i + x_block].astype(np.float64)
+        blk -= inters
+        blk /= slopes
+        np.rint(blk, out=blk)
+        qf[i:i + x_block] = blk
+        same = _decode_slab(blk, slopes, inters).view(np.uint32) == bits[i:i + x_block]
+        bad |= ~np.all(same, axis=(0, 1))
+    for k in np.flatnonzero(bad & (choice >= 0)):  # sample was lucky: try the other pairs
+        col = data[:, :, k]
+        choice[k] = -1
+        for m, (s, c) in enumerate(maps):
+            q = np.rint((col.astype(np.float64) - c) / s)
+            if np.array_equal(_decode_slab(q, s, c).view(np.uint32), col.view(np.uint32)):
+                choice[k], qf[:, :, k] = m, q
+                break
+    floats_idx = np.flatnonzero(choice < 0)
+    if floats_idx.size * 2 > nz:
+        return None
+    qf[:, :, floats_idx] = 0
+    lo, hi = float(qf.min()), float(qf.max())
+    qdtype = next((t for t in _Q_DTYPES
+                   if np.iinfo(t).min <= lo and hi <= np.iinfo(t).max), None)
+    if qdtype is None:
+        return None
+    q = qf.astype(qdtype)
+    del qf
+    meta = {
+        "kind": "scaled_integer",
+        "dtype": "float32",
+        "maps": [[s, c] for s, c in maps],
+        "map_index": [int(m) for m in choice],
+    }
+    floats = np.ascontiguousarray(data[:, :, floats_idx]) if floats_idx.size else None
+    # the promise is bit-exactness: check the stored form decodes to the input, every voxel
+    if not np.array_equal(_decode(q, meta, floats).view(np.uint32), bits):
+        log.warning("scaled-integer encoding did not reproduce the array; stored as float32")
+        return None
+    return q, meta, floats
+
+
+def _slab_maps(meta: dict, z0: int, z1: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(slopes, intercepts, map indices) of z-slices ``z0:z1``."""
+    idx = np.asarray(meta["map_index"][z0:z1], dtype=np.int64)
+    maps = np.asarray(meta["maps"], dtype=np.float64).reshape(-1, 2)
+    slopes = np.where(idx >= 0, maps[np.maximum(idx, 0), 0], 1.0)
+    inters = np.where(idx >= 0, maps[np.maximum(idx, 0), 1], 0.0)
+    return slopes, inters, idx
+
+
+def _decode(q: np.ndarray, meta: dict, floats, z0: int = 0,
+            xy: tuple[slice, slice] = (slice(None), slice(None))) -> np.ndarray:
+    """Float32 values of the integer block ``q`` whose first z-slice is ``z0`` and whose x/y
+    extent in the whole array is ``xy``; ``floats`` is the float-slices array (NumPy or zarr,
+    whole array's x/y, indexed by float-slice number along z) or None."""
+    z1 = z0 + q.shape[2]
+    slopes, inters, idx = _slab_maps(meta, z0, z1)
+    out = _decode_slab(q, slopes, inters)
+    where = np.flatnonzero(idx < 0)
+    if where.size:
+        if floats is None:
+            raise ValueError("scaled-integer array without its float slices")
+        # float-slice number of each float z-slice = float slices before it
+        number = np.cumsum(np.asarray(meta["map_index"], dtype=np.int64) < 0) - 1
+        f = number[z0 + where]
+        block = np.asarray(floats[xy[0], xy[1], int(f[0]):int(f[-1]) + 1])
+        out[:, :, where] = block[:, :, f - f[0]]
+    return out
 
 
 def ome_metadata(names: list[str] | tuple[str, ...], affine) -> dict:
@@ -335,19 +497,53 @@ def _open_zarr(store: str | Path, pid: str, name: str):
     return zarr.open_array(LocalStore(_group_dir(store, pid) / name, read_only=True), mode="r")
 
 
+def _encoding(z, store: str | Path, pid: str, name: str) -> tuple[dict | None, Any]:
+    """(scaled-integer encoding, float-slices zarr array or None) of stored array ``z``."""
+    import zarr
+    from zarr.storage import LocalStore
+
+    meta = z.attrs.get(ENCODING_KEY)
+    if meta is None:
+        return None, None
+    floats = None
+    if any(int(m) < 0 for m in meta["map_index"]):
+        path = _group_dir(store, pid) / name / FLOAT_SLICES
+        floats = zarr.open_array(LocalStore(path, read_only=True), mode="r")
+    return meta, floats
+
+
 def read_array(store: str | Path, pid: str, name: str) -> np.ndarray:
-    """Array ``name`` of participant ``pid``, read whole into memory (NumPy)."""
-    return _open_zarr(store, pid, name)[...]
+    """Array ``name`` of participant ``pid``, read whole into memory (NumPy).
+
+    Images stored as scaled integers (see :func:`quantise_exact`) come back as the exact
+    float32 values that were written."""
+    z = _open_zarr(store, pid, name)
+    meta, floats = _encoding(z, store, pid, name)
+    if meta is None:
+        return z[...]
+    return _decode(z[...], meta, floats)
+
+
+def _decode_block(q: np.ndarray, meta: dict, floats, block_info=None) -> np.ndarray:
+    loc = block_info[0]["array-location"]
+    return _decode(q, meta, floats, z0=loc[2][0],
+                   xy=(slice(*loc[0]), slice(*loc[1])))
 
 
 def open_array(store: str | Path, pid: str, name: str) -> dask.array.Array:
     """Array ``name`` of participant ``pid`` as a lazy dask array chunked like the stored
     (inner) chunks.  The graph holds only the zarr array (store path + metadata), so it
-    pickles and can be sent to workers."""
+    pickles and can be sent to workers.  Scaled-integer images are decoded chunk by chunk to
+    their exact float32 values."""
     import dask.array as da
 
     z = _open_zarr(store, pid, name)
-    return da.from_zarr(z, chunks=z.chunks)
+    x = da.from_zarr(z, chunks=z.chunks)
+    meta, floats = _encoding(z, store, pid, name)
+    if meta is None:
+        return x
+    return x.map_blocks(_decode_block, meta, floats, dtype=np.float32,
+                        meta=np.empty((0, 0, 0), dtype=np.float32))
 
 
 def write_group(
@@ -421,14 +617,21 @@ class GroupWriter:
                              f"group shape is {self.shape}")
         return arr
 
-    def add(self, name: str, array: np.ndarray) -> None:
-        """Write array ``name`` whole (every shard) into the temporary group."""
+    def add(self, name: str, array: np.ndarray, *, value_maps=()) -> None:
+        """Write array ``name`` whole (every shard) into the temporary group.
+
+        ``value_maps``: the ``(slope, intercept)`` pairs that mapped the source's integers to
+        this image's values; when given, the array is stored as those integers wherever that
+        is bit-exact (:func:`quantise_exact`) and reads back as the same float32 values."""
         if self.tmp is None:
             raise RuntimeError("GroupWriter.add outside its with block")
         arr = self.check(name, array)
         if name in self.names:
             raise ValueError(f"participant {self.pid}: array {name!r} written twice")
-        _create_array(self.tmp / name, arr)
+        if value_maps:
+            _create_array(self.tmp / name, arr, value_maps=value_maps)
+        else:
+            _create_array(self.tmp / name, arr)
         self.names.append(name)
 
     def commit(self, attrs: GroupAttrs) -> None:

@@ -44,12 +44,17 @@ class Volume:
     affine : 4x4 float64, voxel index -> RAS+ world (mm).
     path : the file or folder it came from.
     fmt : ``"nifti"`` or ``"dicom"``.
+    value_maps : the ``(slope, intercept)`` pairs that mapped the file's stored integers to
+        ``data`` (DICOM rescale or Real World Value Mapping, NIfTI ``scl_slope``/``scl_inter``;
+        one per distinct pair of the series), empty for float sources.  The store uses them to
+        keep images as their integers where that is bit-exact.
     """
 
     data: np.ndarray
     affine: np.ndarray
     path: str
     fmt: str
+    value_maps: tuple[tuple[float, float], ...] = ()
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -257,9 +262,13 @@ def read_nifti(path: str | Path, *, labels: bool = False) -> Volume:
     affine = np.asarray(img.affine, dtype=np.float64)
     if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
         raise ReaderError(f"{p}: affine is singular or not finite")
+    maps = ()
+    if np.dtype(img.get_data_dtype()).kind in "iu":
+        slope, inter = img.dataobj.slope, img.dataobj.inter
+        maps = ((float(slope), float(inter)),)
     data, affine = reorient_to_ras(raw, affine, copy=False)
     data = _finish(data, p, labels)
-    return Volume(data, affine, str(p), "nifti")
+    return Volume(data, affine, str(p), "nifti", maps)
 
 
 # --------------------------------------------------------------------------------------------
@@ -278,6 +287,7 @@ class _Slice:
     values: Callable[[], np.ndarray]
     where: str  # "file X" or "file X frame n" (no tag values)
     slice_gap: float | None = None  # SpacingBetweenSlices or SliceThickness, single-slice case
+    value_map: tuple[float, float] | None = None  # (slope, intercept) of integer pixels
 
 
 def _raw_text(ds, keyword: str) -> str | None:
@@ -445,8 +455,14 @@ def _enhanced_slices(ds, f: Path, labels: bool) -> list[_Slice]:
             spacing=(float(ps[0]), float(ps[1])), rows=int(ds.Rows), cols=int(ds.Columns),
             values=lambda i=i, s=slope, c=inter: _apply_map(frames()[i], s, c, labels),
             where=where, slice_gap=float(gap) if gap not in (None, "") else None,
+            value_map=(slope, inter) if _integer_pixels(ds) else None,
         ))
     return out
+
+
+def _integer_pixels(ds) -> bool:
+    """True for integer PixelData (not FloatPixelData / DoubleFloatPixelData)."""
+    return "PixelData" in ds
 
 
 def _classic_slice(ds, f: Path, labels: bool) -> _Slice:
@@ -474,6 +490,7 @@ def _classic_slice(ds, f: Path, labels: bool) -> _Slice:
         iop=_floats(geo["ImageOrientationPatient"], 6, "ImageOrientationPatient", where),
         spacing=(float(ps[0]), float(ps[1])), rows=int(ds.Rows), cols=int(ds.Columns),
         values=values, where=where, slice_gap=float(gap) if gap not in (None, "") else None,
+        value_map=(slope, inter) if _integer_pixels(ds) else None,
     )
 
 
@@ -565,7 +582,9 @@ def _read_dicom(p: Path, labels: bool) -> Volume:
     data, affine = reorient_to_ras(data, _LPS_TO_RAS @ affine, copy=False)
     data = _finish(data, p, labels)
     log.debug("%s: DICOM series of %d slices -> %s", p, len(slices), data.shape)
-    return Volume(data, affine, str(p), "dicom")
+    maps = [] if labels else [s.value_map for s in slices]
+    maps = () if None in maps else tuple(dict.fromkeys(maps))
+    return Volume(data, affine, str(p), "dicom", maps)
 
 
 def assemble_slices(slices: list[_Slice], path: Path) -> tuple[np.ndarray, np.ndarray]:

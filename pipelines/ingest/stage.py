@@ -60,11 +60,17 @@ class IngestConfig:
     grid_tolerance_mm : how far (mm) two affines may differ and still count as one grid
         (water vs fat of a station).
     force : re-ingest even when the stored group's input hash matches.
+    integer_storage : store an image whose values are the source's integers times a slope plus
+        an intercept (DICOM rescale, NIfTI ``scl_slope``) as those integers wherever that is
+        bit-exact (blended overlaps stay float32); ``read_array``/``open_array`` return the
+        identical float32 values.  Plain-Zarr readers (napari) then see the integers; set
+        False to store float32 throughout.
     """
 
     negative_tolerance: float = 0.0
     grid_tolerance_mm: float = 1e-3
     force: bool = False
+    integer_storage: bool = True
 
     def __post_init__(self) -> None:
         if not self.negative_tolerance >= 0:
@@ -74,7 +80,10 @@ class IngestConfig:
 
     def hashed(self) -> dict:
         """Settings that change the stored arrays (part of the input hash)."""
-        return {"negative_tolerance": float(self.negative_tolerance)}
+        out = {"negative_tolerance": float(self.negative_tolerance)}
+        if not self.integer_storage:  # same values, other storage: re-ingest when switched
+            out["integer_storage"] = False
+        return out
 
 
 @dataclass(frozen=True)
@@ -184,14 +193,21 @@ def _read_station(images: ParticipantImages, s: int, channel: str, config: Inges
 
 def _stitch_channel(
     images: ParticipantImages, channel: str, grid: Grid, water_grids: dict[int, Grid],
-    config: IngestConfig, volumes: dict[int, Volume] | None = None,
-) -> np.ndarray:
-    vols, grids = [], []
-    for s in images.stations:
-        if volumes is not None:
-            ref, vol = images.get(s, channel), volumes.pop(s)
-        else:
-            ref, vol = _read_station(images, s, channel, config)
+    config: IngestConfig, volumes: dict[int, Volume] | None = None, pool=None,
+) -> tuple[np.ndarray, tuple[tuple[float, float], ...]]:
+    """The channel stitched on ``grid`` and the stations' ``(slope, intercept)`` value maps.
+
+    Stations are read in ``pool``'s threads when given (zlib inflation and pixel decoding
+    release the GIL); errors are raised in station order."""
+    stations = list(images.stations)
+    if volumes is not None:
+        read = [(images.get(s, channel), volumes.pop(s)) for s in stations]
+    elif pool is not None:
+        read = list(pool.map(lambda s: _read_station(images, s, channel, config), stations))
+    else:
+        read = [_read_station(images, s, channel, config) for s in stations]
+    vols, grids, maps = [], [], []
+    for s, (ref, vol) in zip(stations, read, strict=True):
         g = Grid(vol.shape, vol.affine)
         if channel == "fat" and not same_grid(g, water_grids[s], config.grid_tolerance_mm):
             raise GridMismatchError(
@@ -202,7 +218,10 @@ def _stitch_channel(
         data = _map_labels(vol, ref) if channel == LABELS_ARRAY else vol.data
         vols.append(data)
         grids.append(g)
-    return stitch(vols, grids, grid, labels=channel == LABELS_ARRAY)
+        maps.extend(vol.value_maps)
+    del read
+    out = stitch(vols, grids, grid, labels=channel == LABELS_ARRAY)
+    return out, tuple(dict.fromkeys(maps))
 
 
 def ingest_participant(
@@ -248,28 +267,33 @@ def ingest_participant(
             if old.input_hash == digest:
                 log.info("participant %s: inputs unchanged, nothing rewritten", pid)
                 return IngestResult(pid, False, digest, old.shape, time.perf_counter() - t0)
-        # water defines the stations' grids and the common grid
-        water = {s: _read_station(images, s, "water", config)[1] for s in images.stations}
-        water_grids = {s: Grid(v.shape, v.affine) for s, v in water.items()}
-        grid = common_grid([water_grids[s] for s in images.stations])
-        attrs = _attrs(images, grid, water_grids, sources, digest, channels)
-        # one channel's station volumes in memory at a time; each stitched channel is
-        # compressed and written (whole, by one call) in a helper thread while the next one
-        # is read, so decompressing inputs and compressing outputs overlap
-        with zstore.GroupWriter(store, pid, shape=grid.shape) as writer, \
-                ThreadPoolExecutor(1, thread_name_prefix=f"ingest-{pid}") as pool:
-            pending = []
-            for ch in channels:
-                arr = _stitch_channel(images, ch, grid, water_grids, config,
-                                      volumes=water if ch == "water" else None)
-                writer.check(ch, arr)
-                if pending:  # at most one channel waiting to be written
-                    pending.pop().result()
-                pending.append(pool.submit(writer.add, ch, arr))
-                del arr
-            for fut in pending:
-                fut.result()
-            writer.commit(attrs)
+        # stations of a channel are read in two threads; each stitched channel is compressed
+        # and written (whole, by one call) in a helper thread while the next one is read, so
+        # decompressing inputs and compressing outputs overlap
+        with ThreadPoolExecutor(2, thread_name_prefix=f"ingest-read-{pid}") as readers:
+            water = dict(zip(images.stations, readers.map(
+                lambda s: _read_station(images, s, "water", config)[1], images.stations),
+                strict=True))
+            # water defines the stations' grids and the common grid
+            water_grids = {s: Grid(v.shape, v.affine) for s, v in water.items()}
+            grid = common_grid([water_grids[s] for s in images.stations])
+            attrs = _attrs(images, grid, water_grids, sources, digest, channels)
+            with zstore.GroupWriter(store, pid, shape=grid.shape) as writer, \
+                    ThreadPoolExecutor(1, thread_name_prefix=f"ingest-{pid}") as pool:
+                pending = []
+                for ch in channels:
+                    arr, maps = _stitch_channel(
+                        images, ch, grid, water_grids, config,
+                        volumes=water if ch == "water" else None, pool=readers)
+                    writer.check(ch, arr)
+                    if pending:  # at most one channel waiting to be written
+                        pending.pop().result()
+                    maps = maps if config.integer_storage and ch != LABELS_ARRAY else ()
+                    pending.append(pool.submit(writer.add, ch, arr, value_maps=maps))
+                    del arr
+                for fut in pending:
+                    fut.result()
+                writer.commit(attrs)
     except ParticipantError:
         raise
     except Exception as e:
