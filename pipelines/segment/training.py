@@ -386,9 +386,16 @@ def fit(
         net.load_state_dict({k: v.float() for k, v in state.items()})
     opt = torch.optim.AdamW(net.parameters(), lr=config.learning_rate, weight_decay=1e-5)
     total = config.epochs * config.steps_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(s, total) / total))
-    )
+
+    def lr_at(step: int, elapsed: float) -> float:
+        # cosine decay to 5 % over the run; with a time limit, over whichever of steps and
+        # time runs out first, so a time-limited run still ends annealed
+        progress = step / total
+        if config.max_minutes is not None:
+            progress = max(progress, elapsed / (60 * config.max_minutes))
+        progress = min(progress, 1.0)
+        return config.learning_rate * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
     out = Path(out)
 
@@ -415,11 +422,12 @@ def fit(
             ys.append(yp)
         xb = torch.stack(xs).to(device)
         yb = torch.stack(ys)[:, None].to(device)
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, time.perf_counter() - t0)
         opt.zero_grad(set_to_none=True)
         loss = loss_fn(net(xb), yb)
         loss.backward()
         opt.step()
-        sched.step()
         losses.append(float(loss.detach()))
         step += 1
         if refresh_every and step % refresh_every == 0:
