@@ -336,6 +336,8 @@ _Q_DTYPES = (np.uint8, np.int8, np.uint16, np.int16, np.int32)
 
 def _decode_slab(q: np.ndarray, slopes: np.ndarray, inters: np.ndarray) -> np.ndarray:
     """``float32(float64(q) * slope[z] + intercept[z])`` (the readers' own arithmetic)."""
+    if np.all(slopes == 1.0) and np.all(inters == 0.0):
+        return q.astype(np.float32)  # int -> float32 rounds like int -> float64 -> float32
     out = q.astype(np.float64)
     out *= slopes
     out += inters
@@ -393,35 +395,41 @@ def quantise_exact(data: np.ndarray, value_maps, *, x_block: int = 16):
         return None
     slopes = np.array([maps[m][0] if m >= 0 else 1.0 for m in choice])
     inters = np.array([maps[m][1] if m >= 0 else 0.0 for m in choice])
-    qf = np.empty(data.shape, dtype=np.float64)
+    identity = bool(np.all(slopes == 1.0) and np.all(inters == 0.0))
+    q32 = np.empty(data.shape, dtype=np.int32)
     bad = choice < 0
     for i in range(0, nx, x_block):  # x-blocks: contiguous, cache-sized temporaries
-        blk = data[i:i + x_block].astype(np.float64)
-        blk -= inters
-        blk /= slopes
-        np.rint(blk, out=blk)
-        qf[i:i + x_block] = blk
-        same = _decode_slab(blk, slopes, inters).view(np.uint32) == bits[i:i + x_block]
+        src = data[i:i + x_block]
+        if identity:  # integers stored as float32: int32 and back is the whole test
+            qb = q32[i:i + x_block]
+            with np.errstate(invalid="ignore"):  # garbage when not an integer: caught below
+                np.copyto(qb, src, casting="unsafe")
+            same = qb.astype(np.float32).view(np.uint32) == bits[i:i + x_block]
+        else:
+            blk = src.astype(np.float64)
+            blk -= inters
+            blk /= slopes
+            np.rint(blk, out=blk)
+            np.clip(blk, -2.0**31, 2.0**31 - 1, out=blk)  # out of range: fails the test below
+            q32[i:i + x_block] = blk
+            same = _decode_slab(blk, slopes, inters).view(np.uint32) == bits[i:i + x_block]
         bad |= ~np.all(same, axis=(0, 1))
     for k in np.flatnonzero(bad & (choice >= 0)):  # sample was lucky: try the other pairs
         col = data[:, :, k]
         choice[k] = -1
         for m, (s, c) in enumerate(maps):
-            q = np.rint((col.astype(np.float64) - c) / s)
+            q = np.clip(np.rint((col.astype(np.float64) - c) / s), -2.0**31, 2.0**31 - 1)
             if np.array_equal(_decode_slab(q, s, c).view(np.uint32), col.view(np.uint32)):
-                choice[k], qf[:, :, k] = m, q
+                choice[k], q32[:, :, k] = m, q
                 break
     floats_idx = np.flatnonzero(choice < 0)
     if floats_idx.size * 2 > nz:
         return None
-    qf[:, :, floats_idx] = 0
-    lo, hi = float(qf.min()), float(qf.max())
-    qdtype = next((t for t in _Q_DTYPES
-                   if np.iinfo(t).min <= lo and hi <= np.iinfo(t).max), None)
-    if qdtype is None:
-        return None
-    q = qf.astype(qdtype)
-    del qf
+    q32[:, :, floats_idx] = 0
+    lo, hi = int(q32.min()), int(q32.max())
+    qdtype = next(t for t in _Q_DTYPES if np.iinfo(t).min <= lo and hi <= np.iinfo(t).max)
+    q = q32.astype(qdtype, copy=False)
+    del q32
     meta = {
         "kind": "scaled_integer",
         "dtype": "float32",
