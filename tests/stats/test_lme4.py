@@ -42,8 +42,8 @@ curvature enters the finite-difference Hessian that ``vcov(use.hessian = TRUE)``
 off by up to 1.2e-4, ~0.08 %).  ``deriv12``'s own step error is not the cause: the exact
 deviance differentiated by numDeriv with steps from 2e-3 to 2e-2 gives SEs stable to 2e-7,
 while lme4's uncorrected deviance gives SEs that move by up to 1.7e-3 with the step, because of
-those jumps.  Tightening ``tolPwrss`` to 1e-14
-makes glmer report non-convergence (max|grad| 0.034, seed 2), so the lag cannot be tuned away with glmer's options.  For k >= 2,
+those jumps.  Tightening ``tolPwrss`` to 1e-14 makes glmer report non-convergence
+(max|grad| 0.034, seed 2), so the lag cannot be tuned away with glmer's options.  For k >= 2,
 ``glmerAGQ`` takes the quadrature scale from the same lagged factor, but a 5- or 25-node rule is
 almost exact for any nearby scale, so no correction is needed there.
 
