@@ -191,21 +191,32 @@ def _read_station(images: ParticipantImages, s: int, channel: str, config: Inges
         raise type(e)(f"station {s} {channel}: {e}") from e
 
 
+def _map_stations(images: ParticipantImages, channel: str, config: IngestConfig, pool):
+    """``_read_station`` of every station, in station order; in ``pool``'s threads only for
+    gzipped files (inflating releases the GIL and runs on both cores, while pydicom's Python
+    parsing holds it: threads would only add contention there)."""
+    stations = list(images.stations)
+    gz = all(str(images.get(s, channel).path).lower().endswith(".gz") for s in stations)
+
+    def read(s: int):
+        return _read_station(images, s, channel, config)
+
+    return pool.map(read, stations) if pool is not None and gz else map(read, stations)
+
+
 def _stitch_channel(
     images: ParticipantImages, channel: str, grid: Grid, water_grids: dict[int, Grid],
     config: IngestConfig, volumes: dict[int, Volume] | None = None, pool=None,
 ) -> tuple[np.ndarray, tuple[tuple[float, float], ...]]:
     """The channel stitched on ``grid`` and the stations' ``(slope, intercept)`` value maps.
 
-    Stations are read in ``pool``'s threads when given (zlib inflation and pixel decoding
-    release the GIL); errors are raised in station order."""
+    Stations are read in ``pool``'s threads when given and every file is gzip-compressed
+    (zlib inflation releases the GIL); errors are raised in station order."""
     stations = list(images.stations)
     if volumes is not None:
         read = [(images.get(s, channel), volumes.pop(s)) for s in stations]
-    elif pool is not None:
-        read = list(pool.map(lambda s: _read_station(images, s, channel, config), stations))
     else:
-        read = [_read_station(images, s, channel, config) for s in stations]
+        read = list(_map_stations(images, channel, config, pool))
     vols, grids, maps = [], [], []
     for s, (ref, vol) in zip(stations, read, strict=True):
         g = Grid(vol.shape, vol.affine)
@@ -267,13 +278,12 @@ def ingest_participant(
             if old.input_hash == digest:
                 log.info("participant %s: inputs unchanged, nothing rewritten", pid)
                 return IngestResult(pid, False, digest, old.shape, time.perf_counter() - t0)
-        # stations of a channel are read in two threads; each stitched channel is compressed
+        # stations of a channel are read in two threads (gzip); each stitched channel is compressed
         # and written (whole, by one call) in a helper thread while the next one is read, so
         # decompressing inputs and compressing outputs overlap
         with ThreadPoolExecutor(2, thread_name_prefix=f"ingest-read-{pid}") as readers:
-            water = dict(zip(images.stations, readers.map(
-                lambda s: _read_station(images, s, "water", config)[1], images.stations),
-                strict=True))
+            water = {s: vol for s, (_, vol) in zip(
+                images.stations, _map_stations(images, "water", config, readers), strict=True)}
             # water defines the stations' grids and the common grid
             water_grids = {s: Grid(v.shape, v.affine) for s, v in water.items()}
             grid = common_grid([water_grids[s] for s in images.stations])
