@@ -134,3 +134,16 @@ def test_write_array_replacing_a_scaled_array_drops_its_float_slices(tmp_path):
     assert not (store / "P1" / "water" / S.FLOAT_SLICES).exists()
     np.testing.assert_array_equal(S.read_array(store, "P1", "water"), new)
     np.testing.assert_array_equal(S.open_array(store, "P1", "water").compute(), new)
+
+
+def test_one_odd_voxel_off_the_sample_makes_its_slice_float32(tmp_path):
+    """The per-slice choice is made on a sparse sample, then checked on every voxel."""
+    data = _scaled()
+    data[1, 1, 10] = np.float32(1.2345678)  # not on the sample grid (every 7th voxel)
+    data[2, 3, 20] = -0.0  # -0.0 where the slice's integers give +0.0
+    _write(tmp_path / "s.zarr", "P1", data, MAPS)
+    meta = json.loads((tmp_path / "s.zarr" / "P1" / "water" / "zarr.json").read_text())
+    index = meta["attributes"][S.ENCODING_KEY]["map_index"]
+    assert index[10] == -1 and index[20] == -1 and index[11] == 0
+    np.testing.assert_array_equal(_bits(S.read_array(tmp_path / "s.zarr", "P1", "water")),
+                                  _bits(data))
