@@ -181,6 +181,204 @@ def select_by_key(w, f, idx, mkey, wanted, total):  # pragma: no cover - compile
     return keys[:p], vals[:p]
 
 
+@nb.njit(**_JIT)
+def _fused_block(ww, fs, ll, ip, op, has_ipop, want_ff, out, pos0, t32, flo32, fhi32, flo, fhi,
+                 fat_threshold, nbins, swap_ff, max_label, skip8, c, sm, sw, ex, tail, nt_all,
+                 unc, nu_all, mdef, nd, idx, mkey, nm):  # pragma: no cover - compiled
+    """One cache-sized block of :func:`fused_pass` (``pos0``: flat position of its first
+    voxel).  Every buffer has room for one more block: no array is reallocated here, which
+    keeps the loops free of reference counting."""
+    n_slots = 2 * nbins + 1
+    nt = 0
+    nu = 0
+    nf = 0
+    nan = np.float32(np.nan)
+    if want_ff:
+        for i in range(ww.size):
+            s = ww[i] + fs[i]
+            v = fs[i] / s  # error_model="numpy": x/0 is inf/nan like NumPy, no branch
+            out[i] = nan if s < flo32 else v
+        for i in range(ww.size):  # (separate loops vectorise; the block is cache-hot)
+            s = ww[i] + fs[i]
+            nu += (s >= flo32) & (s < fhi32)
+    for i in range(ww.size):
+        s = ww[i] + fs[i]
+        nf += np.isfinite(s)
+        nt += s >= t32
+    # branch-free compaction: write every candidate, advance only past the selected ones
+    # (the buffers have room for one block plus one)
+    if nt > 0:
+        for i in range(ww.size):
+            tail[nt_all] = np.float64(ww[i]) + np.float64(fs[i])
+            nt_all += ww[i] + fs[i] >= t32
+    if want_ff and nu > 0:
+        for i in range(ww.size):
+            s = ww[i] + fs[i]
+            unc[nu_all] = pos0 + i
+            nu_all += (s >= flo32) & (s < fhi32)
+    m = ll.size
+    n8 = m // 8 if skip8 else 0
+    words = ll[: n8 * 8].view(np.uint64)
+    i = 0
+    while i < m:
+        # whole-body volumes are ~90 % background: skip 8 zero labels at once
+        if i < 8 * n8 and (i & 7) == 0 and words[i >> 3] == 0:
+            i += 8
+            continue
+        raw = ll[i]
+        if raw == 0:
+            i += 1
+            continue
+        wv = np.float64(ww[i])
+        fv = np.float64(fs[i])
+        s = wv + fv
+        if s >= fhi and s < np.inf:
+            bad = raw > max_label
+            lm = 0 if bad else np.int64(raw)
+            if bad:
+                ex[0] += 1.0
+            ffv = fv / s
+            key = lm * n_slots + _slot(ffv, fat_threshold, nbins)
+            c[key] += 1
+            sm[lm * 2 + (1 if ffv >= fat_threshold else 0)] += ffv
+            if ffv >= swap_ff:
+                sw[lm] += 1
+            if has_ipop and not bad:
+                ex[1] += abs(np.float64(ip[i]) - s)
+                ex[2] += abs(np.float64(op[i]) - abs(wv - fv))
+                ex[3] += s
+                ex[4] += 1.0
+            idx[nm] = pos0 + i
+            mkey[nm] = key
+            nm += 1
+        elif s >= flo and s < np.inf:
+            mdef[nd] = pos0 + i
+            nd += 1
+        else:
+            bad = raw > max_label
+            lm = 0 if bad else np.int64(raw)
+            if bad:
+                ex[0] += 1.0
+            c[lm * n_slots + n_slots - 1] += 1  # the low-signal slot
+        i += 1
+    return nf, nt_all, nu_all, nd, nm
+
+
+@nb.njit(**_JIT)
+def _room(a, used, need):  # pragma: no cover - compiled
+    """``a`` itself, or a copy with room for ``need`` more items after ``used``."""
+    if used + need <= a.size:
+        return a
+    b = np.empty(max(2 * a.size, used + need), dtype=a.dtype)
+    b[:used] = a[:used]
+    return b
+
+
+@nb.njit(**_JIT)
+def fused_pass(w, f, lab, ip, op, has_ipop, want_ff, ff, base, blk, t32, flo32, fhi32, flo,
+               fhi, fat_threshold, nbins, swap_ff, n_labels, max_label, skip8
+               ):  # pragma: no cover - compiled
+    """Everything in ONE pass over ``w``, ``f``, ``lab`` (a part of the flat volume starting
+    at flat position ``base``), before the floor is known, using a bracket
+    ``flo <= floor <= fhi`` from the signal sample (checked by the caller afterwards).
+
+    Per cache-sized block of ``blk`` voxels (:func:`_fused_block`): a vectorised loop writes
+    ``ff`` (NaN where ``W + F < flo`` in float32, else ``F / (W + F)``) and counts finite
+    voxels, tail voxels (``W + F >= t32``) and voxels whose ff status the floor decides
+    (``flo32 <= W + F < fhi32``); scalar loops then gather those (cache-hot) and walk the
+    muscle voxels (labels 8 at a time), accumulating every muscle voxel whose float64
+    ``W + F`` is ``>= fhi`` (valid) or ``< flo`` / not finite (low-signal); the others are
+    deferred to :func:`deferred_muscles`.  Only valid voxels get a (position, key) pair: the
+    median candidates are always valid.
+
+    Returns (finite count, tail ``W + F`` float64, positions whose ff the floor decides,
+    deferred muscle positions, valid muscle positions, their keys, counts, sums, swap, extra).
+    """
+    n = w.size
+    n_slots = 2 * nbins + 1
+    c = np.zeros(n_labels * n_slots, dtype=np.int64)
+    sm = np.zeros(n_labels * 2, dtype=np.float64)
+    sw = np.zeros(n_labels, dtype=np.int64)
+    ex = np.zeros(5, dtype=np.float64)
+    tail = np.empty(4 * blk, dtype=np.float64)
+    unc = np.empty(4 * blk, dtype=np.int64)
+    mdef = np.empty(4 * blk, dtype=np.int64)
+    idx = np.empty(max(4 * blk, n // 8), dtype=np.int64)
+    mkey = np.empty(idx.size, dtype=np.int32)
+    nt = 0
+    nu = 0
+    nd = 0
+    nm = 0
+    n_fin = 0
+    for a in range(0, n, blk):
+        b = min(a + blk, n)
+        tail = _room(tail, nt, blk + 1)
+        unc = _room(unc, nu, blk + 1)
+        mdef = _room(mdef, nd, blk)
+        idx = _room(idx, nm, blk)
+        mkey = _room(mkey, nm, blk)
+        out = ff[a:b] if want_ff else ff
+        nf, nt, nu, nd, nm = _fused_block(
+            w[a:b], f[a:b], lab[a:b], ip[a:b], op[a:b], has_ipop, want_ff, out, base + a, t32, flo32, fhi32, flo, fhi,
+            fat_threshold, nbins, swap_ff, max_label, skip8, c, sm, sw, ex, tail, nt, unc, nu,
+            mdef, nd, idx, mkey, nm)
+        n_fin += nf
+    return n_fin, tail[:nt], unc[:nu], mdef[:nd], idx[:nm], mkey[:nm], c, sm, sw, ex
+
+
+@nb.njit(**_JIT)
+def deferred_muscles(w, f, lab, ip, op, has_ipop, pos, floor, fat_threshold, nbins, swap_ff,
+                     n_labels, max_label):  # pragma: no cover - compiled
+    """The muscle voxels :func:`fused_pass` deferred, classified with the exact ``floor``
+    (> 0): (counts, sums, swap, extra, valid positions, their keys)."""
+    n_slots = 2 * nbins + 1
+    c = np.zeros(n_labels * n_slots, dtype=np.int64)
+    sm = np.zeros(n_labels * 2, dtype=np.float64)
+    sw = np.zeros(n_labels, dtype=np.int64)
+    ex = np.zeros(5, dtype=np.float64)
+    idx = np.empty(pos.size, dtype=np.int64)
+    mkey = np.empty(pos.size, dtype=np.int32)
+    nm = 0
+    for j in range(pos.size):
+        p = pos[j]
+        raw = lab[p]
+        bad = raw > max_label
+        lm = 0 if bad else np.int64(raw)
+        if bad:
+            ex[0] += 1.0
+        wv = np.float64(w[p])
+        fv = np.float64(f[p])
+        s = wv + fv
+        if s >= floor and s < np.inf:
+            ffv = fv / s
+            key = lm * n_slots + _slot(ffv, fat_threshold, nbins)
+            c[key] += 1
+            sm[lm * 2 + (1 if ffv >= fat_threshold else 0)] += ffv
+            if ffv >= swap_ff:
+                sw[lm] += 1
+            if has_ipop and not bad:
+                ex[1] += abs(np.float64(ip[p]) - s)
+                ex[2] += abs(np.float64(op[p]) - abs(wv - fv))
+                ex[3] += s
+                ex[4] += 1.0
+            idx[nm] = p
+            mkey[nm] = key
+            nm += 1
+        else:
+            c[lm * n_slots + n_slots - 1] += 1
+    return c, sm, sw, ex, idx[:nm], mkey[:nm]
+
+
+@nb.njit(**_JIT)
+def fix_ff(w, f, ff, pos, floor32):  # pragma: no cover - compiled
+    """NaN at the positions :func:`fused_pass` left to the floor, where ``W + F < floor``."""
+    nan = np.float32(np.nan)
+    for j in range(pos.size):
+        p = pos[j]
+        if w[p] + f[p] < floor32:
+            ff[p] = nan
+
+
 def _compile(py, parallel: bool):
     """A Numba dispatcher of ``py``; the serial and parallel variants get distinct names so
     their on-disk caches never mix."""

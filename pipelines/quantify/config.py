@@ -50,6 +50,12 @@ class QuantifyConfig:
         participant per worker thread, and immune to oversubscription on a busy machine.
         0 = every core Numba sees; n > 1 = at most n (multi-threaded passes), for one large
         participant on an idle machine.
+    fused_pass : let the Numba engine do everything in one pass over the images, classifying
+        voxels against a bracket of the floor taken from a signal sample, then fixing up the
+        few voxels inside the bracket once the exact floor is known (same numbers). Used when
+        the volume is large enough for the sample (> 400 000 voxels) and the floor fraction is
+        positive; if the bracket turns out wrong the multi-pass kernel runs instead. False
+        forces the multi-pass kernel.
     histogram_bins : fat-fraction bins per class and muscle of the median histogram (any value
         gives exact medians; more bins = smaller refinement pass, larger accumulators).
     slab_voxels : the whole-array kernel works through the arrays in flat slabs of this many
@@ -80,6 +86,7 @@ class QuantifyConfig:
     max_whole_voxels: int = 32_000_000
     cpu_engine: CpuEngine = "auto"
     cpu_threads: int = 1
+    fused_pass: bool = True
     histogram_bins: int = 256
     slab_voxels: int = 1 << 19
     swap_ff: float = 0.5

@@ -122,6 +122,120 @@ def _exclusive_cumsum(x: np.ndarray) -> np.ndarray:
     return out
 
 
+def _sample_bracket(sample: np.ndarray, n_total: int, q: float) -> tuple[float, float] | None:
+    """(t_lo, t_hi) that bracket the ``q``-th percentile of the whole volume with overwhelming
+    probability (8 binomial standard deviations each side), from a strided sample; None when
+    the sample cannot say.  Only a speed hint: the caller checks the bracket afterwards."""
+    t_lo = candidate_threshold(sample, n_total, q)
+    m = int(sample.size)
+    if not math.isfinite(t_lo):
+        return None
+    p = q / 100.0
+    level = p + 8.0 * math.sqrt(max(p * (1.0 - p), 1.0 / m) / m) + 8.0 / m
+    if level >= 1.0:
+        return None
+    k = min(m - 1, int(math.ceil(level * (m - 1))))
+    t_hi = float(np.partition(sample, k)[k])
+    return (t_lo, t_hi) if math.isfinite(t_hi) else None
+
+
+_MIN_PART_VOXELS = 1 << 20  # a thread gets at least this many voxels (else thread start-up dominates)
+
+
+def _threads(config: QuantifyConfig) -> int:
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, cores or 1) if config.cpu_threads == 0 else config.cpu_threads
+
+
+def _quantify_volume_fused(w, f, lab, ip, op, *, config: QuantifyConfig, want_ff: bool,
+                           shape, sample: np.ndarray) -> VolumeResult | None:
+    """One pass over the images (:func:`pipelines.quantify._numba.fused_pass`), split into
+    ``cpu_threads`` contiguous parts run by as many threads (the compiled pass releases the
+    GIL), then small fix-ups once the exact floor is known.  None when the sampled bracket
+    of the floor is unavailable or turns out wrong (the caller then runs the multi-pass
+    kernel): correctness never depends on the sample."""
+    from pipelines.quantify import _numba
+    from pipelines.quantify.kernels import MAX_LABEL
+
+    n = w.size
+    q = config.signal_floor_percentile
+    frac = config.signal_floor_fraction
+    bracket = _sample_bracket(sample, n, q)
+    if bracket is None or not frac > 0:
+        return None
+    t_lo, t_hi = bracket
+    flo, fhi = frac * t_lo, frac * t_hi
+    if not (flo > 0 and math.isfinite(fhi)):
+        return None
+    dt = w.dtype.type
+    blk = 1 << 14
+    threads = min(_threads(config), max(1, n // _MIN_PART_VOXELS))
+    step = -(-n // threads)
+    step = -(-step // blk) * blk
+    parts = [(a, min(a + step, n)) for a in range(0, n, step)]
+    has_ipop = ip is not None and op is not None
+    ff = np.empty(n if want_ff else 0, dtype=np.float32)
+    layout = AccumulatorLayout(config.histogram_bins)
+    nbins = int(config.histogram_bins)
+    fat_threshold = float(config.fat_threshold)
+    skip8 = lab.dtype == np.uint8
+
+    def part(ab):
+        a, b = ab
+        return _numba.fused_pass(
+            w[a:b], f[a:b], lab[a:b], ip[a:b] if has_ipop else w[a:b],
+            op[a:b] if has_ipop else f[a:b], has_ipop, want_ff, ff[a:b] if want_ff else ff,
+            a, blk, dt(t_lo), dt(flo), dt(fhi), flo, fhi, fat_threshold, nbins,
+            float(config.swap_ff), layout.n_labels, MAX_LABEL, skip8)
+
+    if len(parts) == 1:
+        outs = [part(parts[0])]
+    else:
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(len(parts)) as pool:
+            outs = list(pool.map(part, parts))
+    n_finite = sum(int(o[0]) for o in outs)
+    if n_finite == 0:
+        raise ValueError("water + fat is not finite anywhere in the volume")
+    tail = np.concatenate([o[1] for o in outs])
+    pct = percentile_from_tail(tail, n_finite, q)
+    if pct is None:
+        log.info("signal percentile: sampled bound %.6g too high, multi-pass kernel", t_lo)
+        return None
+    floor = frac * pct
+    if not flo <= floor <= fhi:
+        log.info("signal floor %.6g outside the sampled bracket [%.6g, %.6g]: multi-pass "
+                 "kernel", floor, flo, fhi)
+        return None
+    mdef = np.concatenate([o[3] for o in outs])
+    dc, ds, dsw, dex, didx, dkey = _numba.deferred_muscles(
+        w, f, lab, ip if has_ipop else w, op if has_ipop else f, has_ipop, mdef, float(floor),
+        fat_threshold, nbins, float(config.swap_ff), layout.n_labels, MAX_LABEL)
+    if want_ff:
+        for o in outs:
+            if o[2].size:
+                _numba.fix_ff(w, f, ff, o[2], dt(floor))
+    idx = np.concatenate([o[4] for o in outs] + [didx])
+    mkey = np.concatenate([o[5] for o in outs] + [dkey])
+    counts = dc + sum(o[6] for o in outs)
+    sums = ds + sum(o[7] for o in outs)
+    swap = dsw + sum(o[8] for o in outs)
+    extra = dex + sum(o[9] for o in outs)
+    vec = np.concatenate([counts.astype(np.float64), sums, swap.astype(np.float64), extra])
+    acc = layout.unpack(vec)
+    targets = median_targets(acc)
+    wanted = np.zeros(layout.n_labels * layout.n_slots, dtype=np.bool_)
+    wanted[targets.keys] = True
+    total = int(acc.counts.reshape(-1)[targets.keys].sum())
+    keys, values = _numba.select_by_key(w, f, idx, mkey, wanted, total)
+    medians = finalize_medians(targets, keys, values)
+    return VolumeResult(floor, pct, n_finite, acc, medians,
+                        ff.reshape(shape) if want_ff else None)
+
+
 def _quantify_volume_numba(w, f, lab, ip, op, *, config: QuantifyConfig, want_ff: bool,
                            shape) -> VolumeResult:
     """The whole-array kernel with the fused Numba passes (same numbers as the NumPy one)."""
@@ -130,13 +244,19 @@ def _quantify_volume_numba(w, f, lab, ip, op, *, config: QuantifyConfig, want_ff
     from pipelines.quantify import _numba
     from pipelines.quantify.kernels import MAX_LABEL
 
+    n = w.size
+    sample = signal_sample(w, f, max(1, n // SAMPLE_SIZE))
+    if config.fused_pass:
+        res = _quantify_volume_fused(w, f, lab, ip, op, config=config, want_ff=want_ff,
+                                     shape=shape, sample=sample)
+        if res is not None:
+            return res
     if config.cpu_threads == 1:
         K = _numba.SERIAL
     else:
         K = _numba.PARALLEL
         if config.cpu_threads:  # thread-local setting: affects only this worker thread
             numba.set_num_threads(min(config.cpu_threads, numba.config.NUMBA_NUM_THREADS))
-    n = w.size
     # fine slabs (64 k voxels) for counting, so the tail pass skips slabs with no tail voxel
     # (air at the edges of the field of view); main slabs (a whole number of fine slabs,
     # at most ~64 of them) carry the per-slab accumulators
@@ -145,7 +265,7 @@ def _quantify_volume_numba(w, f, lab, ip, op, *, config: QuantifyConfig, want_ff
     group = max(-(-config.slab_voxels // fine), -(-n_fine // 64))
     slab = fine * group
     q = config.signal_floor_percentile
-    t = candidate_threshold(signal_sample(w, f, max(1, n // SAMPLE_SIZE)), n, q)
+    t = candidate_threshold(sample, n, q)
     t32 = w.dtype.type(t)
     cnt_fine = K.count_pass(w, f, lab, t32, fine)
     tail = np.empty(int(cnt_fine[:, 0].sum()), dtype=np.float64)

@@ -281,3 +281,72 @@ def test_numba_engine_sparse_labels_word_skipping():
     np.testing.assert_array_equal(runs[0].acc.counts, runs[1].acc.counts)
     np.testing.assert_array_equal(runs[0].medians, runs[1].medians)
     assert runs[1].acc.n_voxels[1:].sum() == 61
+
+
+def _assert_same_volume_result(a, b):
+    assert a.floor == b.floor and a.percentile == b.percentile and a.n_finite == b.n_finite
+    np.testing.assert_array_equal(a.acc.counts, b.acc.counts)
+    np.testing.assert_array_equal(a.acc.n_swap, b.acc.n_swap)
+    np.testing.assert_allclose(a.acc.ff_sums, b.acc.ff_sums, rtol=1e-12)
+    assert a.acc.n_ipop == b.acc.n_ipop and a.acc.n_bad_label == b.acc.n_bad_label
+    assert math.isclose(a.acc.ip_deviation, b.acc.ip_deviation, rel_tol=1e-9)
+    assert math.isclose(a.acc.op_deviation, b.acc.op_deviation, rel_tol=1e-9)
+    np.testing.assert_array_equal(a.medians, b.medians)
+    np.testing.assert_array_equal(a.ff, b.ff)
+
+
+def _large_volume(seed):
+    """> 400 000 voxels (large enough for the signal sample, so the fused one-pass kernel
+    runs), mostly background like a whole-body scan, with NaN, zero-signal and low-signal
+    voxels inside muscles, uint16 labels with out-of-range values, and in/opposed phase."""
+    water, fat, labels = random_volume(seed, shape=(61, 53, 131), low_share=0.3)
+    labels[:, :, :60] = 0
+    labels = labels.astype(np.uint16)
+    labels[3, 4, 100:103] = 300
+    water[5, 5, 70:73] = np.nan
+    labels[5, 5, 70:73] = 2
+    fat[6, 6, 80:84] = -water[6, 6, 80:84]
+    labels[6, 6, 80:84] = 3
+    ip = (water + fat * 1.1).astype(np.float32)
+    op = np.abs(water - fat).astype(np.float32)
+    return water, fat, labels, ip, op
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("bracket", ["sampled", "wide", "above", "below"])
+def test_numba_fused_pass_equals_numpy_engine(monkeypatch, threads, bracket):
+    """The one-pass Numba kernel gives the NumPy kernels' numbers: with the sampled floor
+    bracket; with a wide one (many voxels whose ff and muscle class the exact floor decides
+    afterwards: fix-up and deferred-muscle paths); with brackets that miss the floor (tail
+    too short; floor above the bracket): the multi-pass kernel must take over."""
+    pytest.importorskip("numba")
+    from pipelines.quantify import _numba, volume
+
+    water, fat, labels, ip, op = _large_volume(21)
+    ref = quantify_volume(water, fat, labels, ip, op,
+                          config=QuantifyConfig(cpu_engine="numpy", histogram_bins=64))
+    real = volume._sample_bracket
+    if bracket == "wide":
+        def fake(sample, n, q):
+            lo, hi = real(sample, n, q)
+            return lo * 0.3, hi * 3.0
+        monkeypatch.setattr(volume, "_sample_bracket", fake)
+    elif bracket in ("above", "below"):
+        k = (1.5, 2.0) if bracket == "above" else (0.5, 0.9)
+        monkeypatch.setattr(volume, "_sample_bracket",
+                            lambda sample, n, q: (k[0] * ref.percentile, k[1] * ref.percentile))
+    calls = []
+    fused = _numba.fused_pass
+    monkeypatch.setattr(_numba, "fused_pass", lambda *a: calls.append(1) or fused(*a))
+    multi = []
+    for kern in (_numba.SERIAL, _numba.PARALLEL):
+        monkeypatch.setattr(kern, "main_pass",
+                            lambda *a, main=kern.main_pass: multi.append(1) or main(*a))
+    cfg = QuantifyConfig(cpu_engine="numba", histogram_bins=64, cpu_threads=threads)
+    if threads > 1:
+        monkeypatch.setattr(volume, "_MIN_PART_VOXELS", 1 << 16)
+    res = quantify_volume(water, fat, labels, ip, op, config=cfg)
+    assert len(calls) == threads  # one part per thread
+    assert bool(multi) == (bracket in ("above", "below"))
+    _assert_same_volume_result(ref, res)
+    assert res.acc.n_bad_label == 3
