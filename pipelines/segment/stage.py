@@ -56,6 +56,9 @@ class SegmentConfig:
     amp : float16 autocast on CUDA (ignored on CPU).
     force : also re-segment participants whose labels came from the manifest (bring your
         own segmentation); by default they are kept.
+    cpu_threads : torch CPU threads for inference; None = the Dask worker's thread count
+        inside a worker (so several worker processes on one machine do not oversubscribe
+        its cores), torch's default outside one.
     """
 
     device: str = "auto"
@@ -63,10 +66,13 @@ class SegmentConfig:
     overlap: float | None = None
     amp: bool = True
     force: bool = False
+    cpu_threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.sw_batch_size < 1:
             raise ValueError(f"sw_batch_size {self.sw_batch_size} must be >= 1")
+        if self.cpu_threads is not None and self.cpu_threads < 1:
+            raise ValueError(f"cpu_threads {self.cpu_threads} must be >= 1")
         if self.overlap is not None and not 0 <= self.overlap < 1:
             raise ValueError(f"overlap {self.overlap} must be in [0, 1)")
         if self.device != "auto" and not self.device.startswith(("cpu", "cuda")):
@@ -176,6 +182,8 @@ def segment_participant(
         arrays = {c: st.read_array(store, pid, c) for c in model.meta.channels}
     except (KeyError, OSError, ValueError) as e:
         raise ParticipantError(pid, STAGE, f"store {store}: cannot read images: {e}") from e
+    if model.device.type == "cpu":
+        _limit_cpu_threads(config.cpu_threads)
     try:
         pred = predict(model, arrays, attrs.spacing_mm, sw_batch_size=config.sw_batch_size,
                        overlap=config.overlap, amp=config.amp)
@@ -204,6 +212,22 @@ def segment_participant(
              seconds)
     return SegmentResult(pid, source, False, model.short_id, str(model.device), pred.resampled,
                          pred.confidence, pred.voxels, seconds)
+
+
+def _limit_cpu_threads(requested: int | None) -> None:
+    """Match torch's intra-op threads to this process's share of the cores."""
+    import torch
+
+    n = requested
+    if n is None:
+        try:
+            from distributed import get_worker
+
+            n = get_worker().state.nthreads
+        except (ImportError, ValueError, AttributeError):  # not inside a Dask worker
+            return
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
 
 
 def check_model_for_cohort(
