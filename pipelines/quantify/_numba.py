@@ -189,8 +189,6 @@ def _fused_block(ww, fs, ll, ip, op, has_ipop, want_ff, out, pos0, t32, flo32, f
     voxel).  Every buffer has room for one more block: no array is reallocated here, which
     keeps the loops free of reference counting."""
     n_slots = 2 * nbins + 1
-    nt = 0
-    nu = 0
     nf = 0
     nan = np.float32(np.nan)
     if want_ff:
@@ -198,24 +196,31 @@ def _fused_block(ww, fs, ll, ip, op, has_ipop, want_ff, out, pos0, t32, flo32, f
             s = ww[i] + fs[i]
             v = fs[i] / s  # error_model="numpy": x/0 is inf/nan like NumPy, no branch
             out[i] = nan if s < flo32 else v
-        for i in range(ww.size):  # (separate loops vectorise; the block is cache-hot)
-            s = ww[i] + fs[i]
+    # counts per run of 256 voxels (vectorised, L1-hot), then gathers only in the runs that
+    # hold a tail voxel or a voxel the floor decides: branch-free compaction (write every
+    # candidate, advance only past the selected ones; the buffers have room for one block
+    # plus one)
+    for j0 in range(0, ww.size, 256):
+        rw = ww[j0:j0 + 256]
+        rf = fs[j0:j0 + 256]
+        nt = 0
+        nu = 0
+        nfr = 0
+        for i in range(rw.size):
+            s = rw[i] + rf[i]
+            nfr += np.isfinite(s)
+            nt += s >= t32
             nu += (s >= flo32) & (s < fhi32)
-    for i in range(ww.size):
-        s = ww[i] + fs[i]
-        nf += np.isfinite(s)
-        nt += s >= t32
-    # branch-free compaction: write every candidate, advance only past the selected ones
-    # (the buffers have room for one block plus one)
-    if nt > 0:
-        for i in range(ww.size):
-            tail[nt_all] = np.float64(ww[i]) + np.float64(fs[i])
-            nt_all += ww[i] + fs[i] >= t32
-    if want_ff and nu > 0:
-        for i in range(ww.size):
-            s = ww[i] + fs[i]
-            unc[nu_all] = pos0 + i
-            nu_all += (s >= flo32) & (s < fhi32)
+        nf += nfr
+        if nt > 0:
+            for i in range(rw.size):
+                tail[nt_all] = np.float64(rw[i]) + np.float64(rf[i])
+                nt_all += rw[i] + rf[i] >= t32
+        if want_ff and nu > 0:
+            for i in range(rw.size):
+                s = rw[i] + rf[i]
+                unc[nu_all] = pos0 + j0 + i
+                nu_all += (s >= flo32) & (s < fhi32)
     m = ll.size
     n8 = m // 8 if skip8 else 0
     words = ll[: n8 * 8].view(np.uint64)
