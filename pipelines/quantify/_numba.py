@@ -184,7 +184,7 @@ def select_by_key(w, f, idx, mkey, wanted, total):  # pragma: no cover - compile
 @nb.njit(**_JIT)
 def _fused_block(ww, fs, ll, ip, op, has_ipop, want_ff, out, pos0, t32, flo32, fhi32, flo, fhi,
                  fat_threshold, nbins, swap_ff, max_label, skip8, c, sm, sw, ex, tail, nt_all,
-                 unc, nu_all, mdef, nd, idx, mkey, nm):  # pragma: no cover - compiled
+                 unc, nu_all, mdef, nd, mval, mkey, nm):  # pragma: no cover - compiled
     """One cache-sized block of :func:`fused_pass` (``pos0``: flat position of its first
     voxel).  Every buffer has room for one more block: no array is reallocated here, which
     keeps the loops free of reference counting."""
@@ -221,9 +221,22 @@ def _fused_block(ww, fs, ll, ip, op, has_ipop, want_ff, out, pos0, t32, flo32, f
                 s = rw[i] + rf[i]
                 unc[nu_all] = pos0 + j0 + i
                 nu_all += (s >= flo32) & (s < fhi32)
+    # Per-voxel sums go to registers, not memory: a run of voxels of one label (the usual
+    # case: muscles are contiguous) adds into scalars that are flushed into the arrays when
+    # the label changes, so no addition waits for the previous one's store (only the order
+    # of the float64 additions differs from the NumPy kernel's).
     m = ll.size
     n8 = m // 8 if skip8 else 0
     words = ll[: n8 * 8].view(np.uint64)
+    cur = -1  # label of the running sums
+    run_lean = 0.0
+    run_fat = 0.0
+    run_swap = 0
+    e0 = 0.0
+    e1 = 0.0
+    e2 = 0.0
+    e3 = 0.0
+    e4 = 0.0
     i = 0
     while i < m:
         # whole-body volumes are ~90 % background: skip 8 zero labels at once
@@ -234,38 +247,53 @@ def _fused_block(ww, fs, ll, ip, op, has_ipop, want_ff, out, pos0, t32, flo32, f
         if raw == 0:
             i += 1
             continue
+        bad = raw > max_label
+        lm = 0 if bad else np.int64(raw)
         wv = np.float64(ww[i])
         fv = np.float64(fs[i])
         s = wv + fv
         if s >= fhi and s < np.inf:
-            bad = raw > max_label
-            lm = 0 if bad else np.int64(raw)
-            if bad:
-                ex[0] += 1.0
+            if lm != cur:
+                if cur >= 0:
+                    sm[cur * 2] += run_lean
+                    sm[cur * 2 + 1] += run_fat
+                    sw[cur] += run_swap
+                cur = lm
+                run_lean = 0.0
+                run_fat = 0.0
+                run_swap = 0
+            e0 += bad
             ffv = fv / s
+            fat = ffv >= fat_threshold
             key = lm * n_slots + _slot(ffv, fat_threshold, nbins)
             c[key] += 1
-            sm[lm * 2 + (1 if ffv >= fat_threshold else 0)] += ffv
-            if ffv >= swap_ff:
-                sw[lm] += 1
+            run_fat += ffv if fat else 0.0
+            run_lean += 0.0 if fat else ffv
+            run_swap += ffv >= swap_ff
             if has_ipop and not bad:
-                ex[1] += abs(np.float64(ip[i]) - s)
-                ex[2] += abs(np.float64(op[i]) - abs(wv - fv))
-                ex[3] += s
-                ex[4] += 1.0
-            idx[nm] = pos0 + i
+                e1 += abs(np.float64(ip[i]) - s)
+                e2 += abs(np.float64(op[i]) - abs(wv - fv))
+                e3 += s
+                e4 += 1.0
+            mval[nm] = ffv
             mkey[nm] = key
             nm += 1
         elif s >= flo and s < np.inf:
             mdef[nd] = pos0 + i
             nd += 1
         else:
-            bad = raw > max_label
-            lm = 0 if bad else np.int64(raw)
-            if bad:
-                ex[0] += 1.0
+            e0 += bad
             c[lm * n_slots + n_slots - 1] += 1  # the low-signal slot
         i += 1
+    if cur >= 0:
+        sm[cur * 2] += run_lean
+        sm[cur * 2 + 1] += run_fat
+        sw[cur] += run_swap
+    ex[0] += e0
+    ex[1] += e1
+    ex[2] += e2
+    ex[3] += e3
+    ex[4] += e4
     return nf, nt_all, nu_all, nd, nm
 
 
@@ -293,11 +321,12 @@ def fused_pass(w, f, lab, ip, op, has_ipop, want_ff, ff, base, blk, t32, flo32, 
     (``flo32 <= W + F < fhi32``); scalar loops then gather those (cache-hot) and walk the
     muscle voxels (labels 8 at a time), accumulating every muscle voxel whose float64
     ``W + F`` is ``>= fhi`` (valid) or ``< flo`` / not finite (low-signal); the others are
-    deferred to :func:`deferred_muscles`.  Only valid voxels get a (position, key) pair: the
-    median candidates are always valid.
+    deferred to :func:`deferred_muscles`.  Only valid voxels get a (float64 ff, key) pair
+    (the median candidates are always valid): picking the candidates afterwards is a scan of
+    the keys, without random reads of the images.
 
     Returns (finite count, tail ``W + F`` float64, positions whose ff the floor decides,
-    deferred muscle positions, valid muscle positions, their keys, counts, sums, swap, extra).
+    deferred muscle positions, valid muscle ff, their keys, counts, sums, swap, extra).
     """
     n = w.size
     n_slots = 2 * nbins + 1
@@ -308,8 +337,8 @@ def fused_pass(w, f, lab, ip, op, has_ipop, want_ff, ff, base, blk, t32, flo32, 
     tail = np.empty(4 * blk, dtype=np.float64)
     unc = np.empty(4 * blk, dtype=np.int64)
     mdef = np.empty(4 * blk, dtype=np.int64)
-    idx = np.empty(max(4 * blk, n // 8), dtype=np.int64)
-    mkey = np.empty(idx.size, dtype=np.int32)
+    mval = np.empty(max(4 * blk, n // 8), dtype=np.float64)
+    mkey = np.empty(mval.size, dtype=np.int32)
     nt = 0
     nu = 0
     nd = 0
@@ -320,28 +349,28 @@ def fused_pass(w, f, lab, ip, op, has_ipop, want_ff, ff, base, blk, t32, flo32, 
         tail = _room(tail, nt, blk + 1)
         unc = _room(unc, nu, blk + 1)
         mdef = _room(mdef, nd, blk)
-        idx = _room(idx, nm, blk)
+        mval = _room(mval, nm, blk)
         mkey = _room(mkey, nm, blk)
         out = ff[a:b] if want_ff else ff
         nf, nt, nu, nd, nm = _fused_block(
             w[a:b], f[a:b], lab[a:b], ip[a:b], op[a:b], has_ipop, want_ff, out, base + a, t32, flo32, fhi32, flo, fhi,
             fat_threshold, nbins, swap_ff, max_label, skip8, c, sm, sw, ex, tail, nt, unc, nu,
-            mdef, nd, idx, mkey, nm)
+            mdef, nd, mval, mkey, nm)
         n_fin += nf
-    return n_fin, tail[:nt], unc[:nu], mdef[:nd], idx[:nm], mkey[:nm], c, sm, sw, ex
+    return n_fin, tail[:nt], unc[:nu], mdef[:nd], mval[:nm], mkey[:nm], c, sm, sw, ex
 
 
 @nb.njit(**_JIT)
 def deferred_muscles(w, f, lab, ip, op, has_ipop, pos, floor, fat_threshold, nbins, swap_ff,
                      n_labels, max_label):  # pragma: no cover - compiled
     """The muscle voxels :func:`fused_pass` deferred, classified with the exact ``floor``
-    (> 0): (counts, sums, swap, extra, valid positions, their keys)."""
+    (> 0): (counts, sums, swap, extra, ff of the valid ones, their keys)."""
     n_slots = 2 * nbins + 1
     c = np.zeros(n_labels * n_slots, dtype=np.int64)
     sm = np.zeros(n_labels * 2, dtype=np.float64)
     sw = np.zeros(n_labels, dtype=np.int64)
     ex = np.zeros(5, dtype=np.float64)
-    idx = np.empty(pos.size, dtype=np.int64)
+    mval = np.empty(pos.size, dtype=np.float64)
     mkey = np.empty(pos.size, dtype=np.int32)
     nm = 0
     for j in range(pos.size):
@@ -366,12 +395,30 @@ def deferred_muscles(w, f, lab, ip, op, has_ipop, pos, floor, fat_threshold, nbi
                 ex[2] += abs(np.float64(op[p]) - abs(wv - fv))
                 ex[3] += s
                 ex[4] += 1.0
-            idx[nm] = p
+            mval[nm] = ffv
             mkey[nm] = key
             nm += 1
         else:
             c[lm * n_slots + n_slots - 1] += 1
-    return c, sm, sw, ex, idx[:nm], mkey[:nm]
+    return c, sm, sw, ex, mval[:nm], mkey[:nm]
+
+
+@nb.njit(**_JIT)
+def select_values(mval, mkey, wanted, total):  # pragma: no cover - compiled
+    """(keys, ff) of the entries of :func:`fused_pass` whose key is wanted; ``total`` is their
+    number, known from the histogram."""
+    keys = np.empty(total, dtype=np.int64)
+    vals = np.empty(total, dtype=np.float64)
+    p = 0
+    for j in range(mkey.size):
+        key = mkey[j]
+        if wanted[key]:
+            if p >= total:
+                raise RuntimeError("median candidates: more voxels than the histogram counted")
+            keys[p] = key
+            vals[p] = mval[j]
+            p += 1
+    return keys[:p], vals[:p]
 
 
 @nb.njit(**_JIT)

@@ -211,15 +211,14 @@ def _quantify_volume_fused(w, f, lab, ip, op, *, config: QuantifyConfig, want_ff
                  "kernel", floor, flo, fhi)
         return None
     mdef = np.concatenate([o[3] for o in outs])
-    dc, ds, dsw, dex, didx, dkey = _numba.deferred_muscles(
+    dc, ds, dsw, dex, dval, dkey = _numba.deferred_muscles(
         w, f, lab, ip if has_ipop else w, op if has_ipop else f, has_ipop, mdef, float(floor),
         fat_threshold, nbins, float(config.swap_ff), layout.n_labels, MAX_LABEL)
     if want_ff:
         for o in outs:
             if o[2].size:
                 _numba.fix_ff(w, f, ff, o[2], dt(floor))
-    idx = np.concatenate([o[4] for o in outs] + [didx])
-    mkey = np.concatenate([o[5] for o in outs] + [dkey])
+    wanted_parts = [(o[4], o[5]) for o in outs] + [(dval, dkey)]
     counts = dc + sum(o[6] for o in outs)
     sums = ds + sum(o[7] for o in outs)
     swap = dsw + sum(o[8] for o in outs)
@@ -230,7 +229,11 @@ def _quantify_volume_fused(w, f, lab, ip, op, *, config: QuantifyConfig, want_ff
     wanted = np.zeros(layout.n_labels * layout.n_slots, dtype=np.bool_)
     wanted[targets.keys] = True
     total = int(acc.counts.reshape(-1)[targets.keys].sum())
-    keys, values = _numba.select_by_key(w, f, idx, mkey, wanted, total)
+    picked = [_numba.select_values(v, k, wanted, total) for v, k in wanted_parts]
+    keys = np.concatenate([p[0] for p in picked])
+    values = np.concatenate([p[1] for p in picked])
+    if keys.size != total:
+        raise RuntimeError("median candidates: fewer voxels than the histogram counted")
     medians = finalize_medians(targets, keys, values)
     return VolumeResult(floor, pct, n_finite, acc, medians,
                         ff.reshape(shape) if want_ff else None)
