@@ -134,6 +134,17 @@ def input_hash(sources: dict[str, str], images: ParticipantImages, config: Inges
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
+def _hash_ref(ref: ImageRef) -> str:
+    """SHA-256 of one manifest row's source; errors name station, channel and file."""
+    try:
+        return hash_source(ref.path)
+    except ReaderError as e:
+        raise ReaderError(f"station {ref.station} {ref.channel}: {e}") from e
+    except OSError as e:
+        raise ReaderError(f"station {ref.station} {ref.channel}: {ref.path}: "
+                          f"cannot read ({e.strerror or e})") from e
+
+
 def _check_channels(images: ParticipantImages) -> tuple[str, ...]:
     """Channels to store: water and fat, plus each optional channel given for every station."""
     stations = images.stations
@@ -263,15 +274,10 @@ def ingest_participant(
     t0 = time.perf_counter()
     try:
         channels = _check_channels(images)
-        sources: dict[str, str] = {}
-        for ref in images.images:
-            try:
-                sources[_key(ref)] = hash_source(ref.path)
-            except ReaderError as e:
-                raise ReaderError(f"station {ref.station} {ref.channel}: {e}") from e
-            except OSError as e:
-                raise ReaderError(f"station {ref.station} {ref.channel}: {ref.path}: "
-                                  f"cannot read ({e.strerror or e})") from e
+        # SHA-256 in two threads (hashlib releases the GIL); errors in manifest order
+        with ThreadPoolExecutor(2, thread_name_prefix=f"ingest-hash-{pid}") as hashers:
+            sources = dict(zip((_key(r) for r in images.images),
+                               hashers.map(_hash_ref, images.images), strict=True))
         digest = input_hash(sources, images, config)
         if not config.force and pid in zstore.participant_ids(store):
             old = zstore.read_attrs(store, pid)
