@@ -1,8 +1,19 @@
 """Fused CPU kernels compiled with Numba (optional accelerator of the whole-array kernel).
 
 They compute exactly what the NumPy kernels compute (same float32 ``ff`` map, same float64
-classification, keys and slots; only the order of float64 additions in the ff sums differs),
-in four multi-threaded passes over flat slabs instead of one NumPy pass per operation:
+classification, keys and slots; only the order of float64 additions in the ff sums differs).
+
+The default is ONE pass over the images, :func:`fused_pass`: the exact floor needs the 99th
+percentile of ``W + F`` over the whole volume, but a strided sample brackets it
+(``flo <= floor <= fhi``) with overwhelming probability, which already decides almost every
+voxel.  Per cache-sized block the pass writes ``ff``, counts finite voxels, gathers the
+percentile's tail and the few voxels inside the bracket, and accumulates every muscle voxel
+the bracket decides; once the exact floor is known, :func:`fix_ff` and
+:func:`deferred_muscles` settle the voxels inside the bracket.  The caller checks the bracket
+and runs the multi-pass kernel below when it missed, so correctness never depends on the
+sample.
+
+The multi-pass kernel (``fused_pass=False``; also small volumes and a zero floor fraction):
 
 1. :func:`count_pass` - per slab, voxels with ``W + F`` at or above the sampled bound, finite
    ``W + F`` (vectorised, branch-free);
@@ -191,13 +202,8 @@ def _fused_block(ww, fs, ll, ip, op, has_ipop, want_ff, out, pos0, t32, flo32, f
     n_slots = 2 * nbins + 1
     nf = 0
     nan = np.float32(np.nan)
-    if want_ff:
-        for i in range(ww.size):
-            s = ww[i] + fs[i]
-            v = fs[i] / s  # error_model="numpy": x/0 is inf/nan like NumPy, no branch
-            out[i] = nan if s < flo32 else v
-    # counts per run of 256 voxels (vectorised, L1-hot), then gathers only in the runs that
-    # hold a tail voxel or a voxel the floor decides: branch-free compaction (write every
+    # per run of 256 voxels: ff and counts (vectorised), then gathers only in the runs that
+    # hold a tail voxel or a voxel the floor decides (L1-hot): branch-free compaction (write every
     # candidate, advance only past the selected ones; the buffers have room for one block
     # plus one)
     for j0 in range(0, ww.size, 256):
@@ -206,11 +212,20 @@ def _fused_block(ww, fs, ll, ip, op, has_ipop, want_ff, out, pos0, t32, flo32, f
         nt = 0
         nu = 0
         nfr = 0
-        for i in range(rw.size):
-            s = rw[i] + rf[i]
-            nfr += np.isfinite(s)
-            nt += s >= t32
-            nu += (s >= flo32) & (s < fhi32)
+        if want_ff:
+            ro = out[j0:j0 + 256]
+            for i in range(rw.size):
+                s = rw[i] + rf[i]
+                nfr += np.isfinite(s)
+                nt += s >= t32
+                nu += (s >= flo32) & (s < fhi32)
+                v = rf[i] / s  # error_model="numpy": x/0 is inf/nan like NumPy, no branch
+                ro[i] = nan if s < flo32 else v
+        else:
+            for i in range(rw.size):
+                s = rw[i] + rf[i]
+                nfr += np.isfinite(s)
+                nt += s >= t32
         nf += nfr
         if nt > 0:
             for i in range(rw.size):
@@ -315,10 +330,11 @@ def fused_pass(w, f, lab, ip, op, has_ipop, want_ff, ff, base, blk, t32, flo32, 
     at flat position ``base``), before the floor is known, using a bracket
     ``flo <= floor <= fhi`` from the signal sample (checked by the caller afterwards).
 
-    Per cache-sized block of ``blk`` voxels (:func:`_fused_block`): a vectorised loop writes
-    ``ff`` (NaN where ``W + F < flo`` in float32, else ``F / (W + F)``) and counts finite
-    voxels, tail voxels (``W + F >= t32``) and voxels whose ff status the floor decides
-    (``flo32 <= W + F < fhi32``); scalar loops then gather those (cache-hot) and walk the
+    Per cache-sized block of ``blk`` voxels (:func:`_fused_block`), per run of 256 voxels, a
+    vectorised loop writes ``ff`` (NaN where ``W + F < flo`` in float32, else
+    ``F / (W + F)``) and counts finite voxels, tail voxels (``W + F >= t32``) and voxels whose
+    ff status the floor decides (``flo32 <= W + F < fhi32``); branch-free compactions gather
+    those in the runs that hold any (L1-hot), and a scalar loop then walks the
     muscle voxels (labels 8 at a time), accumulating every muscle voxel whose float64
     ``W + F`` is ``>= fhi`` (valid) or ``< flo`` / not finite (low-signal); the others are
     deferred to :func:`deferred_muscles`.  Only valid voxels get a (float64 ff, key) pair
