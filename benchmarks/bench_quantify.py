@@ -104,6 +104,9 @@ def run(out_dir: Path, quick: bool) -> dict:
             configs.append(("numba_all_cores", QuantifyConfig(cpu_engine="numba", cpu_threads=0)))
         configs.append(("numba_multipass", QuantifyConfig(cpu_engine="numba", cpu_threads=1,
                                                           fused_pass=False)))
+        if (cores or 1) > 1:
+            configs.append(("numba_multipass_all_cores", QuantifyConfig(
+                cpu_engine="numba", cpu_threads=0, fused_pass=False)))
     engines = [name for name, _ in configs]
     # interleaved: every repeat runs the baseline and each engine once, so a change of the
     # shared machine's load hits all of them alike; the best time of each is kept
