@@ -381,9 +381,9 @@ def test_scaled_dicom_is_stored_as_integers_and_reads_back_identically(tmp_path,
                              path=str(path.relative_to(tmp_path))))
     m = _manifest(tmp_path, rows)
     ints, floats = tmp_path / "ints.zarr", tmp_path / "floats.zarr"
-    a = ingest_participant(m.participants[0], store=ints)
-    b = ingest_participant(m.participants[0], store=floats,
-                           config=IngestConfig(integer_storage=False))
+    a = ingest_participant(m.participants[0], store=ints,
+                           config=IngestConfig(integer_storage=True))
+    b = ingest_participant(m.participants[0], store=floats)  # float32 is the default
     assert a.input_hash != b.input_hash  # switching the setting re-ingests
     for ch in ("water", "fat"):
         meta = json.loads((ints / "P003" / ch / "zarr.json").read_text())
