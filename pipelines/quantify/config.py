@@ -45,11 +45,13 @@ class QuantifyConfig:
         per pass), ``"numba"`` (fused multi-threaded passes; needs Numba) or ``"auto"`` (Numba
         when installed and the inputs are float32 images with integer labels). Both give the
         same numbers; the Dask path and GPU always use the array-module kernels.
-    cpu_threads : threads of the Numba engine. 1 (default) compiles single-threaded passes
-        that need no threading layer: right for cohorts, where Dask already runs one
-        participant per worker thread, and immune to oversubscription on a busy machine.
-        0 = every core Numba sees; n > 1 = at most n (multi-threaded passes), for one large
-        participant on an idle machine.
+    cpu_threads : threads of the Numba engine. 1 (default): single-threaded, no threading
+        layer; right for cohorts, where Dask already runs one participant per worker thread,
+        and immune to oversubscription on a busy machine. 0 = every core this process may
+        use; n > 1 = at most n (the one-pass kernel splits the volume into contiguous parts of
+        at least 1 M voxels run by Python threads; the multi-pass kernel uses Numba's
+        ``prange``), for one large participant on an idle machine (2 threads: 1.4x on the
+        benchmark, see docs/quantify.md).
     fused_pass : let the Numba engine do everything in one pass over the images, classifying
         voxels against a bracket of the floor taken from a signal sample, then fixing up the
         few voxels inside the bracket once the exact floor is known (same numbers). Used when

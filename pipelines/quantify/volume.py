@@ -325,9 +325,12 @@ def quantify_volume(
     config : the stage's settings.
     want_ff : also return the float32 fat-fraction map.
 
-    Three sweeps through cache-sized flat slabs: (1) ``W + F`` tail above a sampled bound and
-    the muscle voxel positions, (2) the ff map, (3) the per-muscle reductions and median
-    candidates on the muscle voxels only.
+    NumPy/CuPy: three sweeps through cache-sized flat slabs: (1) ``W + F`` tail above a
+    sampled bound and the muscle voxel positions, (2) the ff map, (3) the per-muscle
+    reductions and median candidates on the muscle voxels only.  Numba engine (CPU, float32
+    images): one pass with the floor bracketed from a sample, see
+    :func:`_quantify_volume_fused` (the multi-pass kernel when the bracket is unavailable or
+    missed).
     """
     xp = array_namespace(water, fat, labels)
     shape = water.shape
