@@ -202,10 +202,10 @@ def _fused_block(ww, fs, ll, ip, op, has_ipop, want_ff, out, pos0, t32, flo32, f
     n_slots = 2 * nbins + 1
     nf = 0
     nan = np.float32(np.nan)
-    # per run of 256 voxels: ff and counts (vectorised), then gathers only in the runs that
-    # hold a tail voxel or a voxel the floor decides (L1-hot): branch-free compaction (write every
-    # candidate, advance only past the selected ones; the buffers have room for one block
-    # plus one)
+    # per run of 256 voxels: ff and counts (vectorised), then the tail gathered only in the
+    # runs that hold a tail voxel (L1-hot): branch-free compaction (write every candidate,
+    # advance only past the selected ones; the buffers have room for one block plus one);
+    # runs holding a voxel the floor decides are only recorded (fix_ff re-checks them)
     for j0 in range(0, ww.size, 256):
         rw = ww[j0:j0 + 256]
         rf = fs[j0:j0 + 256]
@@ -231,11 +231,9 @@ def _fused_block(ww, fs, ll, ip, op, has_ipop, want_ff, out, pos0, t32, flo32, f
             for i in range(rw.size):
                 tail[nt_all] = np.float64(rw[i]) + np.float64(rf[i])
                 nt_all += rw[i] + rf[i] >= t32
-        if want_ff and nu > 0:
-            for i in range(rw.size):
-                s = rw[i] + rf[i]
-                unc[nu_all] = pos0 + j0 + i
-                nu_all += (s >= flo32) & (s < fhi32)
+        if want_ff and nu > 0:  # the run, not each voxel: fix_ff re-checks the run
+            unc[nu_all] = pos0 + j0
+            nu_all += 1
     # Per-voxel sums go to registers, not memory: a run of voxels of one label (the usual
     # case: muscles are contiguous) adds into scalars that are flushed into the arrays when
     # the label changes, so no addition waits for the previous one's store (only the order
@@ -333,15 +331,17 @@ def fused_pass(w, f, lab, ip, op, has_ipop, want_ff, ff, base, blk, t32, flo32, 
     Per cache-sized block of ``blk`` voxels (:func:`_fused_block`), per run of 256 voxels, a
     vectorised loop writes ``ff`` (NaN where ``W + F < flo`` in float32, else
     ``F / (W + F)``) and counts finite voxels, tail voxels (``W + F >= t32``) and voxels whose
-    ff status the floor decides (``flo32 <= W + F < fhi32``); branch-free compactions gather
-    those in the runs that hold any (L1-hot), and a scalar loop then walks the
+    ff status the floor decides (``flo32 <= W + F < fhi32``); a branch-free compaction gathers
+    the tail in the runs that hold any (L1-hot), the runs holding voxels inside the bracket
+    are recorded, and a scalar loop then walks the
     muscle voxels (labels 8 at a time), accumulating every muscle voxel whose float64
     ``W + F`` is ``>= fhi`` (valid) or ``< flo`` / not finite (low-signal); the others are
     deferred to :func:`deferred_muscles`.  Only valid voxels get a (float64 ff, key) pair
     (the median candidates are always valid): picking the candidates afterwards is a scan of
     the keys, without random reads of the images.
 
-    Returns (finite count, tail ``W + F`` float64, positions whose ff the floor decides,
+    Returns (finite count, tail ``W + F`` float64, starts of the 256-voxel runs holding a
+    voxel whose ff the floor decides,
     deferred muscle positions, valid muscle ff, their keys, counts, sums, swap, extra).
     """
     n = w.size
@@ -438,13 +438,18 @@ def select_values(mval, mkey, wanted, total):  # pragma: no cover - compiled
 
 
 @nb.njit(**_JIT)
-def fix_ff(w, f, ff, pos, floor32):  # pragma: no cover - compiled
-    """NaN at the positions :func:`fused_pass` left to the floor, where ``W + F < floor``."""
+def fix_ff(w, f, ff, runs, run, floor32):  # pragma: no cover - compiled
+    """NaN where ``W + F < floor`` in the runs of ``run`` voxels (starting at ``runs``) that
+    :func:`fused_pass` found holding a voxel whose ff the floor decides."""
     nan = np.float32(np.nan)
-    for j in range(pos.size):
-        p = pos[j]
-        if w[p] + f[p] < floor32:
-            ff[p] = nan
+    n = w.size
+    for j in range(runs.size):
+        a = runs[j]
+        b = min(a + run, n)
+        ww, fs, out = w[a:b], f[a:b], ff[a:b]
+        for i in range(ww.size):
+            if ww[i] + fs[i] < floor32:
+                out[i] = nan
 
 
 def _compile(py, parallel: bool):

@@ -217,7 +217,7 @@ def _quantify_volume_fused(w, f, lab, ip, op, *, config: QuantifyConfig, want_ff
     if want_ff:
         for o in outs:
             if o[2].size:
-                _numba.fix_ff(w, f, ff, o[2], dt(floor))
+                _numba.fix_ff(w, f, ff, o[2], 256, dt(floor))
     wanted_parts = [(o[4], o[5]) for o in outs] + [(dval, dkey)]
     counts = dc + sum(o[6] for o in outs)
     sums = ds + sum(o[7] for o in outs)
