@@ -99,3 +99,29 @@ def close_quietly(*objs: object) -> None:
             obj.close()  # type: ignore[attr-defined]
         except Exception:  # closing must not mask the real error
             log.debug("closing %r failed", obj, exc_info=True)
+
+
+def serve_in_process_cluster(make_cluster, kwargs: dict, profile) -> Iterator:
+    """Start a cluster that lives in this process (``LocalCluster``, ``LocalCUDACluster``) with
+    the profile's TLS, yield a client, and close both quietly (busy workers are killed on
+    shutdown and would otherwise log noisy tracebacks over the real outcome)."""
+    from distributed import Client
+
+    from cluster.security import make_security
+
+    security = make_security(profile)
+    if security is not None:
+        kwargs = {**kwargs, "security": security, "protocol": "tls://"}
+    cluster = make_cluster(**kwargs)
+    client = None
+    try:
+        client = Client(cluster, security=security)
+        yield client
+    finally:
+        lg = logging.getLogger("distributed")
+        level = lg.level
+        lg.setLevel(logging.ERROR)
+        try:
+            close_quietly(client, cluster)
+        finally:
+            lg.setLevel(level)

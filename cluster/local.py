@@ -8,8 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from cluster.base import ClusterBackend, close_quietly, quiet_distributed_logs
-from cluster.security import make_security
+from cluster.base import ClusterBackend, quiet_distributed_logs, serve_in_process_cluster
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -55,22 +54,7 @@ class LocalBackend(ClusterBackend):
             yield from self._client()
 
     def _client(self) -> Iterator[Client]:
-        from distributed import Client, LocalCluster
+        from distributed import LocalCluster
 
         kwargs = {k: v for k, v in self.cluster_kwargs().items() if v is not None}
-        security = make_security(self.profile)
-        if security is not None:
-            kwargs.update(security=security, protocol="tls://")
-        cluster = LocalCluster(**kwargs)
-        client = None
-        try:
-            client = Client(cluster, security=security)
-            yield client
-        finally:
-            lg = logging.getLogger("distributed")
-            level = lg.level
-            lg.setLevel(logging.ERROR)  # shutdown chatter (busy workers killed after 4 s)
-            try:
-                close_quietly(client, cluster)
-            finally:
-                lg.setLevel(level)
+        yield from serve_in_process_cluster(LocalCluster, kwargs, self.profile)

@@ -12,10 +12,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from cluster.base import (
     ClusterBackend,
     ClusterUnavailable,
-    close_quietly,
     quiet_distributed_logs,
+    serve_in_process_cluster,
 )
-from cluster.security import make_security
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -100,22 +99,5 @@ class LocalCUDABackend(ClusterBackend):
     def _client(self) -> Iterator[Client]:
         self.check_available()
         from dask_cuda import LocalCUDACluster
-        from distributed import Client
 
-        kwargs = self.cluster_kwargs()
-        security = make_security(self.profile)
-        if security is not None:
-            kwargs.update(security=security, protocol="tls://")
-        cluster = LocalCUDACluster(**kwargs)
-        client = None
-        try:
-            client = Client(cluster, security=security)
-            yield client
-        finally:
-            lg = logging.getLogger("distributed")
-            level = lg.level
-            lg.setLevel(logging.ERROR)  # shutdown chatter (busy workers killed after 4 s)
-            try:
-                close_quietly(client, cluster)
-            finally:
-                lg.setLevel(level)
+        yield from serve_in_process_cluster(LocalCUDACluster, self.cluster_kwargs(), self.profile)
