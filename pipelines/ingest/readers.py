@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import struct
 import warnings
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
@@ -288,6 +289,191 @@ class _Slice:
     where: str  # "file X" or "file X frame n" (no tag values)
     slice_gap: float | None = None  # SpacingBetweenSlices or SliceThickness, single-slice case
     value_map: tuple[float, float] | None = None  # (slope, intercept) of integer pixels
+    raw: Callable[[], np.ndarray] | None = None  # the stored integers (when value_map is set)
+
+
+# Fast path for the common case: a classic single-frame file in a native little-endian
+# transfer syntax.  pydicom's dcmread (file meta, every element, a Dataset of them) and its
+# pixel handler cost about twice a bare read of the bytes in Python; walking the element
+# headers with struct and taking the pixel value as a NumPy view of the file's bytes costs a
+# fraction of that.  Only the tags below are looked at (their raw bytes); every other value,
+# identifying or not, is skipped by its length and never decoded.  Anything unusual (another
+# transfer syntax, an undefined length, a sequence we would need, an unknown VR, a value
+# running past the end of the file, a pixel data length that is not exactly rows x columns,
+# ...) returns None and the file goes through pydicom exactly as before, so every error
+# message and every decoding rule stays pydicom's.
+
+_EXPLICIT_HEADER = struct.Struct("<HH2sH")
+_IMPLICIT_HEADER = struct.Struct("<HHL")
+_UINT32 = struct.Struct("<L")
+_UINT16 = struct.Struct("<H")
+#: transfer syntax UID -> implicit VR?  (native, little endian: pixels are the raw bytes)
+_FAST_SYNTAXES = {"1.2.840.10008.1.2.1": False, "1.2.840.10008.1.2": True}
+#: explicit VRs with a 2-byte reserved field and a 4-byte length (pydicom's
+#: EXPLICIT_VR_LENGTH_32); every other known VR has a 2-byte length
+_LONG_VRS = frozenset(
+    v.encode() for v in ("OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR",
+                         "UT", "UV"))
+_SHORT_VRS = frozenset(
+    v.encode() for v in ("AE", "AS", "AT", "CS", "DA", "DS", "DT", "FD", "FL", "IS", "LO",
+                         "LT", "PN", "SH", "SL", "SS", "ST", "TM", "UI", "UL", "US"))
+#: the only values the fast path keeps (raw bytes)
+_FAST_TEXT_TAGS = {
+    "SeriesInstanceUID": 0x0020000E, "NumberOfFrames": 0x00280008,
+    "ImagePositionPatient": 0x00200032, "ImageOrientationPatient": 0x00200037,
+    "PixelSpacing": 0x00280030, "RescaleSlope": 0x00281053, "RescaleIntercept": 0x00281052,
+    "SpacingBetweenSlices": 0x00180088, "SliceThickness": 0x00180050,
+    "PhotometricInterpretation": 0x00280004,
+}
+_FAST_US_TAGS = {
+    "SamplesPerPixel": 0x00280002, "Rows": 0x00280010, "Columns": 0x00280011,
+    "BitsAllocated": 0x00280100, "BitsStored": 0x00280101, "PixelRepresentation": 0x00280103,
+}
+_PIXEL_DATA = 0x7FE00010
+_KEEP_TAGS = frozenset({*_FAST_TEXT_TAGS.values(), *_FAST_US_TAGS.values(), _PIXEL_DATA})
+#: tags that need pydicom's handling: real-world value mapping, enhanced multi-frame
+#: functional groups, float pixel data
+_REFUSE_TAGS = frozenset({0x00409096, 0x52009229, 0x52009230, 0x7FE00008, 0x7FE00009})
+
+
+class _FastHeader:
+    """The few elements of a classic single-frame DICOM file that the reader uses, parsed
+    from the file's bytes by :func:`_fast_header`; quacks like the parts of a pydicom
+    ``Dataset`` that :func:`_classic_slice` and :func:`_read_dicom` touch."""
+
+    __slots__ = ("Columns", "Rows", "SamplesPerPixel", "_dtype", "_pixels", "_shift", "_text")
+
+    def __init__(self, text: dict[int, bytes], us: dict[str, int], pixels, dtype, shift):
+        self._text = text
+        self.Rows = us["Rows"]
+        self.Columns = us["Columns"]
+        self.SamplesPerPixel = 1
+        self._pixels = pixels
+        self._dtype = dtype
+        self._shift = shift
+
+    def __contains__(self, keyword: str) -> bool:
+        if keyword == "PixelData":
+            return True
+        tag = _FAST_TEXT_TAGS.get(keyword)
+        return tag is not None and tag in self._text
+
+    def text(self, keyword: str) -> str | None:
+        """Like :func:`_raw_text` on the pydicom dataset."""
+        value = self._text.get(_FAST_TEXT_TAGS[keyword])
+        if value is None:
+            return None
+        return value.decode("latin-1").strip(" \0") or None
+
+    @property
+    def pixel_array(self) -> np.ndarray:
+        """``Dataset.pixel_array`` of a native single-frame image: the stored integers, with
+        pydicom's correction of unused high bits (``correct_unused_bits``) when BitsStored <
+        BitsAllocated (a shift left and back: masks unsigned, sign-extends signed values)."""
+        arr = np.frombuffer(self._pixels, dtype=self._dtype, count=self.Rows * self.Columns)
+        arr = arr.reshape(self.Rows, self.Columns)
+        if self._shift:
+            arr = arr.copy()
+            np.left_shift(arr, self._shift, out=arr)
+            np.right_shift(arr, self._shift, out=arr)
+        return arr
+
+
+def _fast_header(buf: bytes) -> _FastHeader | None:
+    """Parse ``buf`` (a whole DICOM file) on the fast path, or None to leave it to pydicom."""
+    n = len(buf)
+    if n < 132 or buf[128:132] != b"DICM":
+        return None
+    explicit = _EXPLICIT_HEADER.unpack_from
+    long_vrs, short_vrs = _LONG_VRS, _SHORT_VRS
+    pos, syntax = 132, None
+    while pos + 8 <= n:  # file meta group: explicit VR little endian
+        group, elem, vr, length = explicit(buf, pos)
+        if group != 2:
+            break
+        if vr in long_vrs:
+            if pos + 12 > n:
+                return None
+            length = _UINT32.unpack_from(buf, pos + 8)[0]
+            pos += 12
+        elif vr in short_vrs:
+            pos += 8
+        else:
+            return None
+        if length == 0xFFFFFFFF or pos + length > n:
+            return None
+        if elem == 0x0010:
+            syntax = buf[pos:pos + length].decode("latin-1").strip(" \0")
+        pos += length
+    implicit = _FAST_SYNTAXES.get(syntax)
+    if implicit is None:
+        return None
+    keep, refuse = _KEEP_TAGS, _REFUSE_TAGS
+    found: dict[int, tuple[bytes | None, int, int]] = {}  # tag -> (VR, value start, length)
+    if implicit:
+        if pos + 6 <= n and (buf[pos + 4:pos + 6] in long_vrs or buf[pos + 4:pos + 6] in short_vrs):
+            return None  # pydicom would read it as explicit VR
+        header = _IMPLICIT_HEADER.unpack_from
+        while pos < n:
+            if pos + 8 > n:
+                return None
+            group, elem, length = header(buf, pos)
+            pos += 8
+            if length == 0xFFFFFFFF or pos + length > n or group == 0xFFFE:
+                return None
+            tag = group << 16 | elem
+            if tag in keep:
+                found[tag] = (None, pos, length)
+            elif tag in refuse:
+                return None
+            pos += length
+    else:
+        while pos < n:
+            if pos + 8 > n:
+                return None
+            group, elem, vr, length = explicit(buf, pos)
+            if vr in long_vrs:
+                if pos + 12 > n:
+                    return None
+                length = _UINT32.unpack_from(buf, pos + 8)[0]
+                pos += 12
+            elif vr in short_vrs:
+                pos += 8
+            else:
+                return None
+            if length == 0xFFFFFFFF or pos + length > n or group == 0xFFFE:
+                return None
+            tag = group << 16 | elem
+            if tag in keep:
+                found[tag] = (vr, pos, length)
+            elif tag in refuse:
+                return None
+            pos += length
+    us = {}
+    for name, tag in _FAST_US_TAGS.items():
+        item = found.get(tag)
+        if item is None or item[0] not in (None, b"US") or item[2] != 2:
+            return None
+        us[name] = _UINT16.unpack_from(buf, item[1])[0]
+    pix = found.get(_PIXEL_DATA)
+    if pix is None or pix[0] not in (None, b"OB", b"OW") or _FAST_TEXT_TAGS[
+            "PhotometricInterpretation"] not in found:
+        return None
+    text = {tag: buf[found[tag][1]:found[tag][1] + found[tag][2]]
+            for tag in _FAST_TEXT_TAGS.values() if tag in found}
+    frames = text.get(_FAST_TEXT_TAGS["NumberOfFrames"])
+    if frames is not None and frames.decode("latin-1").strip(" \0") not in ("", "1"):
+        return None
+    allocated, stored, signed = us["BitsAllocated"], us["BitsStored"], us["PixelRepresentation"]
+    if us["SamplesPerPixel"] != 1 or allocated not in (8, 16, 32) or signed not in (0, 1) \
+            or not 1 <= stored <= allocated or us["Rows"] < 1 or us["Columns"] < 1:
+        return None
+    expected = us["Rows"] * us["Columns"] * (allocated // 8)
+    if pix[2] not in (expected, expected + expected % 2):
+        return None
+    dtype = np.dtype(f"<{'iu'[signed == 0]}{allocated // 8}")
+    pixels = memoryview(buf)[pix[1]:pix[1] + expected]
+    return _FastHeader(text, us, pixels, dtype, allocated - stored)
 
 
 def _raw_text(ds, keyword: str) -> str | None:
@@ -295,6 +481,8 @@ def _raw_text(ds, keyword: str) -> str | None:
     dominates the cost of reading a series header by header; None when absent or empty."""
     from pydicom.datadict import tag_for_keyword
 
+    if isinstance(ds, _FastHeader):
+        return ds.text(keyword)
     try:
         elem = ds.get_item(tag_for_keyword(keyword))
     except KeyError:
@@ -456,6 +644,7 @@ def _enhanced_slices(ds, f: Path, labels: bool) -> list[_Slice]:
             values=lambda i=i, s=slope, c=inter: _apply_map(frames()[i], s, c, labels),
             where=where, slice_gap=float(gap) if gap not in (None, "") else None,
             value_map=(slope, inter) if _integer_pixels(ds) else None,
+            raw=lambda i=i: frames()[i],
         ))
     return out
 
@@ -479,18 +668,19 @@ def _classic_slice(ds, f: Path, labels: bool) -> _Slice:
     ps = _floats(geo["PixelSpacing"], 2, "PixelSpacing", where)
     gap = _raw_text(ds, "SpacingBetweenSlices") or _raw_text(ds, "SliceThickness")
 
-    def values() -> np.ndarray:
+    def raw() -> np.ndarray:
         arr = _pixels(ds, f)
         if arr.ndim != 2:
             raise ReaderError(f"{f}: expected one 2-D frame, decoded shape {arr.shape}")
-        return _apply_map(arr, slope, inter, labels)
+        return arr
 
     return _Slice(
         ipp=_floats(geo["ImagePositionPatient"], 3, "ImagePositionPatient", where),
         iop=_floats(geo["ImageOrientationPatient"], 6, "ImageOrientationPatient", where),
         spacing=(float(ps[0]), float(ps[1])), rows=int(ds.Rows), cols=int(ds.Columns),
-        values=values, where=where, slice_gap=float(gap) if gap not in (None, "") else None,
-        value_map=(slope, inter) if _integer_pixels(ds) else None,
+        values=lambda: _apply_map(raw(), slope, inter, labels), where=where,
+        slice_gap=float(gap) if gap not in (None, "") else None,
+        value_map=(slope, inter) if _integer_pixels(ds) else None, raw=raw,
     )
 
 
@@ -553,7 +743,10 @@ def _read_dicom(p: Path, labels: bool) -> Volume:
         raise ReaderError(f"{p}: DICOM folder contains no files")
     headers = []
     for f in files:
-        ds = _dcmread(f, pixels=True)
+        # each file is read once; pydicom reads it (again) only off the fast path
+        ds = _fast_header(_read_bytes(f))
+        if ds is None:
+            ds = _dcmread(f, pixels=True)
         if not any(t in ds for t in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
             raise ReaderError(f"{f}: DICOM file has no pixel data (truncated, or not an image)")
         headers.append((f, ds))
@@ -578,18 +771,38 @@ def _read_dicom(p: Path, labels: bool) -> Volume:
         slices = _enhanced_slices(ds, f, labels)
     else:
         slices = [_classic_slice(ds, f, labels) for f, ds in headers]
-    data, affine = assemble_slices(slices, p)
-    data, affine = reorient_to_ras(data, _LPS_TO_RAS @ affine, copy=False)
-    data = _finish(data, p, labels)
+    slices, affine = _sort_slices(slices, p)
+    data = None if labels else _fill_ras(slices, _LPS_TO_RAS @ affine)
+    if data is None:
+        data, affine = reorient_to_ras(_stack(slices), _LPS_TO_RAS @ affine, copy=False)
+        data = _finish(data, p, labels)
+    else:
+        data, affine = data
     log.debug("%s: DICOM series of %d slices -> %s", p, len(slices), data.shape)
     maps = [] if labels else [s.value_map for s in slices]
     maps = () if None in maps else tuple(dict.fromkeys(maps))
     return Volume(data, affine, str(p), "dicom", maps)
 
 
+def _read_bytes(f: Path) -> bytes:
+    """The whole file (a missing or unreadable one is left to pydicom's error: empty bytes)."""
+    try:
+        with open(f, "rb") as fh:
+            return fh.read()
+    except OSError:
+        return b""
+
+
 def assemble_slices(slices: list[_Slice], path: Path) -> tuple[np.ndarray, np.ndarray]:
     """Stack 2-D slices into a volume (axes: column, row, slice; a strided view) and its LPS
     affine."""
+    slices, affine = _sort_slices(slices, path)
+    return _stack(slices), affine
+
+
+def _sort_slices(slices: list[_Slice], path: Path) -> tuple[list[_Slice], np.ndarray]:
+    """Check that 2-D slices make one regular 3-D volume; return them sorted along the slice
+    normal and the LPS affine of the volume (axes: column, row, slice)."""
     first = slices[0]
     iops = np.stack([s.iop for s in slices])
     bad = np.flatnonzero(np.any(np.abs(iops - first.iop) > 1e-4, axis=1))
@@ -667,12 +880,91 @@ def assemble_slices(slices: list[_Slice], path: Path) -> tuple[np.ndarray, np.nd
     affine[:3, 1] = col_dir * first.spacing[0]  # axis 1: row index, along the column direction
     affine[:3, 2] = step_vec
     affine[:3, 3] = slices[0].ipp
+    return slices, affine
+
+
+def _stack(slices: list[_Slice]) -> np.ndarray:
+    """The sorted slices' mapped values as a volume (axes: column, row, slice; a strided
+    view of a slice-major stack)."""
+    first = slices[0]
     stack = None
     for k, s in enumerate(slices):
         vals = s.values()
         if vals.shape != (first.rows, first.cols):
             raise ReaderError(f"{s.where}: decoded shape {vals.shape} != {first.rows}x{first.cols}")
         if stack is None:  # dtype of the mapped values (float32 images, float64 labels)
-            stack = np.empty((n, first.rows, first.cols), dtype=vals.dtype)
+            stack = np.empty((len(slices), first.rows, first.cols), dtype=vals.dtype)
         stack[k] = vals  # contiguous writes; the one reorienting copy comes later
-    return stack.transpose(2, 1, 0), affine
+    return stack.transpose(2, 1, 0)
+
+
+#: Slices mapped per block before the block is copied to its place in the RAS volume: the
+#: block's transposing copy then writes runs of this many voxels, not single voxels.
+_FILL_BLOCK = 16
+
+
+def _value_lut(dtype: np.dtype, value_map: tuple[float, float]) -> np.ndarray | None:
+    """float32 lookup table from the stored integers of an 8- or 16-bit ``dtype`` (indexed by
+    their unsigned bit pattern) to ``float32(float64(q) * slope + intercept)``: exactly
+    :func:`_apply_map`'s values, computed once per table instead of once per voxel.  None for
+    wider or non-integer types."""
+    if dtype.kind not in "iu" or dtype.itemsize > 2:
+        return None
+    q = np.arange(1 << (8 * dtype.itemsize), dtype=f"u{dtype.itemsize}").view(dtype)
+    return _apply_map(q, *value_map, False)
+
+
+def _fill_ras(slices: list[_Slice], affine: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """The sorted slices' float32 values written straight into a C-ordered volume in RAS+
+    orientation, and its RAS+ affine; equal, voxel for voxel, to stacking ``values()`` and
+    reorienting (:func:`reorient_to_ras`), without the intermediate stack.  Integer pixels
+    go through a lookup table (:func:`_value_lut`) instead of a float64 pass.  None when the
+    orientation's views cannot be matched (then the caller stacks)."""
+    from nibabel.orientations import (
+        apply_orientation,
+        axcodes2ornt,
+        inv_ornt_aff,
+        io_orientation,
+        ornt_transform,
+    )
+
+    first = slices[0]
+    shape = (first.cols, first.rows, len(slices))
+    ornt = io_orientation(affine)
+    ras = axcodes2ornt(("R", "A", "S"))
+    xform = ornt_transform(ornt, ras)
+    base = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), shape, (0, 0, 0))
+    out = np.empty(apply_orientation(base, xform).shape, dtype=np.float32)
+    # the view of `out` in the slices' axes (column, row, slice), and a check that
+    # reorienting it gives back exactly `out`'s memory layout
+    view = apply_orientation(out, ornt_transform(ras, ornt))
+    back = apply_orientation(view, xform)
+    if view.shape != shape or back.strides != out.strides \
+            or back.__array_interface__["data"][0] != out.__array_interface__["data"][0]:
+        return None
+    dest = view.transpose(2, 1, 0)  # (slice, row, column)
+    luts: dict = {}
+    size = (first.rows, first.cols)
+    block = np.empty((min(_FILL_BLOCK, len(slices)), *size), dtype=np.float32)
+    for k0 in range(0, len(slices), _FILL_BLOCK):
+        part = slices[k0:k0 + _FILL_BLOCK]
+        for j, s in enumerate(part):
+            arr = s.raw() if s.raw is not None and s.value_map is not None else None
+            lut = None
+            if arr is not None:
+                key = (arr.dtype.str, s.value_map)
+                if key not in luts:
+                    luts[key] = _value_lut(arr.dtype, s.value_map)
+                lut = luts[key]
+            vals = arr if lut is not None else s.values()
+            if vals.shape != size:
+                raise ReaderError(f"{s.where}: decoded shape {vals.shape} != {size[0]}x{size[1]}")
+            if lut is not None:
+                np.take(lut, arr.view(f"u{arr.dtype.itemsize}"), out=block[j], mode="clip")
+            else:
+                block[j] = vals
+        dest[k0:k0 + len(part)] = block[:len(part)]
+    affine = np.asarray(affine, dtype=np.float64)
+    if np.array_equal(xform, [[0, 1], [1, 1], [2, 1]]):  # as reorient_to_ras: no product
+        return out, affine
+    return out, affine @ inv_ornt_aff(xform, shape)
