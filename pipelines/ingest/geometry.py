@@ -182,7 +182,8 @@ def stitch(
 
     Parameters
     ----------
-    volumes : station arrays, each of its grid's shape.
+    volumes : station arrays, each of its grid's shape.  Images may be float32 or integers
+        that float32 holds exactly (8/16-bit); they are converted while being placed.
     grids : the stations' grids.
     grid : the common grid (see :func:`common_grid`).
     labels : nearest-neighbour resampling and no blending; keeps the integer dtype.
@@ -201,6 +202,8 @@ def stitch(
            and p.grid_slices[0] == slice(0, grid.shape[0])
            and p.grid_slices[1] == slice(0, grid.shape[1]) for p in placements):
         return _stitch_slabs(volumes, grids, placements, grid, labels=labels)
+    if not labels:  # resampling keeps its input's dtype: interpolate float32 values
+        volumes = [v if v.dtype == np.float32 else v.astype(np.float32) for v in volumes]
     return _stitch_general(volumes, grids, placements, grid, labels=labels)
 
 

@@ -144,13 +144,16 @@ def _is_dicom_file(p: Path) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
-def read_volume(path: str | Path, *, labels: bool = False) -> Volume:
+def read_volume(path: str | Path, *, labels: bool = False, integers: bool = False) -> Volume:
     """Read a NIfTI file, a DICOM series folder or a single (multi-frame) DICOM file.
 
     Parameters
     ----------
     path : ``.nii``/``.nii.gz`` file, DICOM folder, or DICOM file.
     labels : read a label image (integer values kept, no float conversion).
+    integers : an unscaled 8- or 16-bit integer NIfTI image may keep its integer dtype (as a
+        strided RAS+ view) instead of becoming float32: its values as float32 are exactly
+        those integers, so a caller that converts while copying (stitching) saves a pass.
 
     Returns
     -------
@@ -168,7 +171,7 @@ def read_volume(path: str | Path, *, labels: bool = False) -> Volume:
         raise ReaderError(f"{p}: file not found")
     name = p.name.lower()
     if name.endswith(_NIFTI_SUFFIXES):
-        return read_nifti(p, labels=labels)
+        return read_nifti(p, labels=labels, integers=integers)
     if _is_dicom_file(p):
         return read_dicom(p, labels=labels)
     raise ReaderError(
@@ -215,19 +218,58 @@ def _gzip_truncated(path: Path) -> bool:
     return False
 
 
-def read_nifti(path: str | Path, *, labels: bool = False) -> Volume:
+#: Integer dtypes whose every value is exact in float32 (see ``read_volume(integers=True)``).
+_SMALL_INTS = frozenset(np.dtype(t) for t in ("int8", "uint8", "int16", "uint16"))
+
+
+def _nifti_from_bytes(p: Path):
+    """(image, its data array) of a NIfTI-1/2 file decompressed in one call from its bytes,
+    or None to leave the file to ``nib.load`` (and its error messages).
+
+    nibabel reads a ``.nii.gz`` through a streaming gzip reader in 64 KiB steps; inflating
+    the whole file at once is the same zlib work with less overhead around it.  The header,
+    affine, scaling and data come from nibabel's own image class as with ``nib.load``."""
+    import gzip
+    import io
+
+    import nibabel as nib
+
+    try:
+        with open(p, "rb") as fh:
+            raw = fh.read()
+        if p.name.lower().endswith(".gz"):
+            raw = gzip.decompress(raw)
+        if len(raw) < 348:
+            return None
+        # nibabel's own sniffing: NIfTI-1 (sizeof_hdr 348, magic n+1) or NIfTI-2 (540, n+2)
+        if raw[344:348] == b"n+1\0" and raw[:4] in (b"\x5c\x01\0\0", b"\0\0\x01\x5c"):
+            klass = nib.Nifti1Image
+        elif raw[4:8] == b"n+2\0" and raw[:4] in (b"\x1c\x02\0\0", b"\0\0\x02\x1c"):
+            klass = nib.Nifti2Image
+        else:
+            return None
+        img = klass.from_stream(io.BytesIO(raw))
+        return img, np.asanyarray(img.dataobj)
+    except Exception:  # any problem: nib.load reads the file again and names the problem
+        return None
+
+
+def read_nifti(path: str | Path, *, labels: bool = False, integers: bool = False) -> Volume:
     """Read a NIfTI-1 or NIfTI-2 file (``.nii`` or ``.nii.gz``).
 
     The affine is nibabel's best affine: the sform when ``sform_code > 0``, else the qform when
     ``qform_code > 0``; a file with neither has no position in space and is refused.  Scaling
     (``scl_slope``/``scl_inter``) is applied.  A 4-D file whose extra axes have length 1 is
-    read as 3-D; any other dimensionality is an error.
+    read as 3-D; any other dimensionality is an error.  ``integers``: see
+    :func:`read_volume`.
     """
     import nibabel as nib
 
     p = Path(path)
+    fast = _nifti_from_bytes(p)
+    raw = None
     try:
-        img = nib.load(p)
+        img, raw = fast if fast is not None else (nib.load(p), None)
     except FileNotFoundError:
         raise ReaderError(f"{p}: file not found") from None
     except Exception as e:  # nibabel raises many types for a bad header
@@ -256,7 +298,8 @@ def read_nifti(path: str | Path, *, labels: bool = False) -> Volume:
             "space; set a qform or sform (scanner or aligned coordinates)"
         )
     try:
-        raw = np.asanyarray(img.dataobj)
+        if raw is None:
+            raw = np.asanyarray(img.dataobj)
     except Exception as e:  # truncated gzip: EOFError, zlib.error, OSError, ValueError
         raise ReaderError(f"{p}: truncated or corrupt image data ({type(e).__name__}: {e})") from e
     raw = raw.reshape(shape3)
@@ -268,7 +311,8 @@ def read_nifti(path: str | Path, *, labels: bool = False) -> Volume:
         slope, inter = img.dataobj.slope, img.dataobj.inter
         maps = ((float(slope), float(inter)),)
     data, affine = reorient_to_ras(raw, affine, copy=False)
-    data = _finish(data, p, labels)
+    if not (integers and not labels and data.dtype in _SMALL_INTS):
+        data = _finish(data, p, labels)
     return Volume(data, affine, str(p), "nifti", maps)
 
 

@@ -168,10 +168,11 @@ def _check_channels(images: ParticipantImages) -> tuple[str, ...]:
 def _read(ref: ImageRef, config: IngestConfig) -> Volume:
     """Read and check one image; errors name station, channel and file."""
     labels = ref.channel == LABELS_ARRAY
-    vol = read_volume(ref.path, labels=labels)
+    # unscaled 8/16-bit NIfTI images stay integers until stitching converts them while copying
+    vol = read_volume(ref.path, labels=labels, integers=True)
     if labels:
         return vol
-    data = vol.data
+    data = _memory_order(vol.data)  # a reoriented view reduces far faster in memory order
     if not data.size:
         return vol
     lo, hi = float(data.min()), float(data.max())  # NaN propagates: no mask needed when clean
@@ -185,6 +186,16 @@ def _read(ref: ImageRef, config: IngestConfig) -> Volume:
             "magnitude image"
         )
     return vol
+
+
+def _memory_order(a: np.ndarray) -> np.ndarray:
+    """The same elements as ``a`` (a flipped or transposed view) with axes in memory order and
+    positive strides, for whole-array reductions (min, max, counts) that do not care about
+    the order of the elements."""
+    for ax in range(a.ndim):
+        if a.strides[ax] < 0:
+            a = np.flip(a, ax)
+    return a.transpose(np.argsort(a.strides, kind="stable")[::-1])
 
 
 def _map_labels(vol: Volume, ref: ImageRef) -> np.ndarray:
@@ -219,17 +230,14 @@ def _map_stations(images: ParticipantImages, channel: str, config: IngestConfig,
 
 def _stitch_channel(
     images: ParticipantImages, channel: str, grid: Grid, water_grids: dict[int, Grid],
-    config: IngestConfig, volumes: dict[int, Volume] | None = None, pool=None,
+    config: IngestConfig, reads,
 ) -> tuple[np.ndarray, tuple[tuple[float, float], ...]]:
     """The channel stitched on ``grid`` and the stations' ``(slope, intercept)`` value maps.
 
-    Stations are read in ``pool``'s threads when given and every file is gzip-compressed
-    (zlib inflation releases the GIL); errors are raised in station order."""
+    ``reads``: the stations' ``(ref, volume)`` in station order (:func:`_map_stations`, whose
+    errors are raised here in station order)."""
     stations = list(images.stations)
-    if volumes is not None:
-        read = [(images.get(s, channel), volumes.pop(s)) for s in stations]
-    else:
-        read = list(_map_stations(images, channel, config, pool))
+    read = list(reads)
     vols, grids, maps = [], [], []
     for s, (ref, vol) in zip(stations, read, strict=True):
         g = Grid(vol.shape, vol.affine)
@@ -286,9 +294,10 @@ def ingest_participant(
             if old.input_hash == digest:
                 log.info("participant %s: inputs unchanged, nothing rewritten", pid)
                 return IngestResult(pid, False, digest, old.shape, time.perf_counter() - t0)
-        # stations of a channel are read in two threads (gzip); each stitched channel is compressed
-        # and written (whole, by one call) in a helper thread while the next one is read, so
-        # decompressing inputs and compressing outputs overlap
+        # stations of a channel are read in two threads (gzip), and the next channel's reads
+        # are queued before this one is stitched; each stitched channel is compressed and
+        # written (whole, by one call) in a helper thread while the next one is read, so
+        # decompressing inputs, stitching and compressing outputs overlap
         with ThreadPoolExecutor(2, thread_name_prefix=f"ingest-read-{pid}") as readers:
             water = {s: vol for s, (_, vol) in zip(
                 images.stations, _map_stations(images, "water", config, readers), strict=True)}
@@ -299,10 +308,14 @@ def ingest_participant(
             with zstore.GroupWriter(store, pid, shape=grid.shape) as writer, \
                     ThreadPoolExecutor(1, thread_name_prefix=f"ingest-{pid}") as pool:
                 pending = []
-                for ch in channels:
+                reads = {"water": [(images.get(s, "water"), water.pop(s))
+                                   for s in list(water)]}
+                for i, ch in enumerate(channels):
+                    if i + 1 < len(channels):  # read ahead (starts now only for gzip files)
+                        reads[channels[i + 1]] = _map_stations(
+                            images, channels[i + 1], config, readers)
                     arr, maps = _stitch_channel(
-                        images, ch, grid, water_grids, config,
-                        volumes=water if ch == "water" else None, pool=readers)
+                        images, ch, grid, water_grids, config, reads.pop(ch))
                     writer.check(ch, arr)
                     if pending:  # at most one channel waiting to be written
                         pending.pop().result()
