@@ -290,14 +290,18 @@ def _write_shards(path: Path, data: np.ndarray, chunks, shards) -> None:
     full = tuple(chunks)
 
     def encode(box: tuple[slice, ...]) -> bytes | None:
-        if not bits[box].any():
-            return None
+        # copy first, then test the contiguous copy for non-zero bits (cheaper than testing
+        # the strided box, and the copy is needed anyway for every non-empty chunk)
         block = data[box]
         if block.shape != full:
             pad = np.zeros(full, dtype=data.dtype)
             pad[tuple(slice(0, b) for b in block.shape)] = block
             block = pad
-        return codec.encode(np.ascontiguousarray(block))
+        else:
+            block = np.ascontiguousarray(block)
+        if not block.view(bits.dtype).any():
+            return None
+        return codec.encode(block)
 
     with ThreadPoolExecutor(_ENCODE_THREADS, thread_name_prefix="store-encode") as pool:
         for si in np.ndindex(*n_shards):
