@@ -49,6 +49,9 @@ class Volume:
         ``data`` (DICOM rescale or Real World Value Mapping, NIfTI ``scl_slope``/``scl_inter``;
         one per distinct pair of the series), empty for float sources.  The store uses them to
         keep images as their integers where that is bit-exact.
+    sha256 : SHA-256 (hex) of the source bytes, as :func:`hash_source` computes it, when the
+        reader was asked for it (``read_volume(sha256=True)``: hashed from the very bytes it
+        parsed, so the files are read once); else None.
     """
 
     data: np.ndarray
@@ -56,6 +59,7 @@ class Volume:
     path: str
     fmt: str
     value_maps: tuple[tuple[float, float], ...] = ()
+    sha256: str | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -144,7 +148,9 @@ def _is_dicom_file(p: Path) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
-def read_volume(path: str | Path, *, labels: bool = False, integers: bool = False) -> Volume:
+def read_volume(
+    path: str | Path, *, labels: bool = False, integers: bool = False, sha256: bool = False
+) -> Volume:
     """Read a NIfTI file, a DICOM series folder or a single (multi-frame) DICOM file.
 
     Parameters
@@ -154,6 +160,8 @@ def read_volume(path: str | Path, *, labels: bool = False, integers: bool = Fals
     integers : an unscaled 8- or 16-bit integer NIfTI image may keep its integer dtype (as a
         strided RAS+ view) instead of becoming float32: its values as float32 are exactly
         those integers, so a caller that converts while copying (stitching) saves a pass.
+    sha256 : also give the SHA-256 of the source bytes (``Volume.sha256``, equal to
+        :func:`hash_source`), hashed from the bytes the reader reads anyway.
 
     Returns
     -------
@@ -166,14 +174,14 @@ def read_volume(path: str | Path, *, labels: bool = False, integers: bool = Fals
     """
     p = Path(path)
     if p.is_dir():
-        return read_dicom(p, labels=labels)
+        return read_dicom(p, labels=labels, sha256=sha256)
     if not p.exists():
         raise ReaderError(f"{p}: file not found")
     name = p.name.lower()
     if name.endswith(_NIFTI_SUFFIXES):
-        return read_nifti(p, labels=labels, integers=integers)
+        return read_nifti(p, labels=labels, integers=integers, sha256=sha256)
     if _is_dicom_file(p):
-        return read_dicom(p, labels=labels)
+        return read_dicom(p, labels=labels, sha256=sha256)
     raise ReaderError(
         f"{p}: not a NIfTI file (.nii, .nii.gz), a DICOM file or a DICOM series folder"
     )
@@ -222,9 +230,9 @@ def _gzip_truncated(path: Path) -> bool:
 _SMALL_INTS = frozenset(np.dtype(t) for t in ("int8", "uint8", "int16", "uint16"))
 
 
-def _nifti_from_bytes(p: Path):
-    """(image, its data array) of a NIfTI-1/2 file decompressed in one call from its bytes,
-    or None to leave the file to ``nib.load`` (and its error messages).
+def _nifti_from_bytes(p: Path, raw: bytes):
+    """(image, its data array) of a NIfTI-1/2 file decompressed in one call from its bytes
+    ``raw``, or None to leave the file to ``nib.load`` (and its error messages).
 
     nibabel reads a ``.nii.gz`` through a streaming gzip reader in 64 KiB steps; inflating
     the whole file at once is the same zlib work with less overhead around it.  The header,
@@ -235,8 +243,6 @@ def _nifti_from_bytes(p: Path):
     import nibabel as nib
 
     try:
-        with open(p, "rb") as fh:
-            raw = fh.read()
         if p.name.lower().endswith(".gz"):
             raw = gzip.decompress(raw)
         if len(raw) < 348:
@@ -254,19 +260,24 @@ def _nifti_from_bytes(p: Path):
         return None
 
 
-def read_nifti(path: str | Path, *, labels: bool = False, integers: bool = False) -> Volume:
+def read_nifti(
+    path: str | Path, *, labels: bool = False, integers: bool = False, sha256: bool = False
+) -> Volume:
     """Read a NIfTI-1 or NIfTI-2 file (``.nii`` or ``.nii.gz``).
 
     The affine is nibabel's best affine: the sform when ``sform_code > 0``, else the qform when
     ``qform_code > 0``; a file with neither has no position in space and is refused.  Scaling
     (``scl_slope``/``scl_inter``) is applied.  A 4-D file whose extra axes have length 1 is
-    read as 3-D; any other dimensionality is an error.  ``integers``: see
+    read as 3-D; any other dimensionality is an error.  ``integers``, ``sha256``: see
     :func:`read_volume`.
     """
     import nibabel as nib
 
     p = Path(path)
-    fast = _nifti_from_bytes(p)
+    buf = _read_bytes(p)
+    digest = hashlib.sha256(buf).hexdigest() if sha256 and buf is not None else None
+    fast = _nifti_from_bytes(p, buf) if buf is not None else None
+    del buf
     raw = None
     try:
         img, raw = fast if fast is not None else (nib.load(p), None)
@@ -313,7 +324,9 @@ def read_nifti(path: str | Path, *, labels: bool = False, integers: bool = False
     data, affine = reorient_to_ras(raw, affine, copy=False)
     if not (integers and not labels and data.dtype in _SMALL_INTS):
         data = _finish(data, p, labels)
-    return Volume(data, affine, str(p), "nifti", maps)
+    if sha256 and digest is None:  # nibabel read a file we could not
+        digest = sha256_files([p])
+    return Volume(data, affine, str(p), "nifti", maps, digest)
 
 
 # --------------------------------------------------------------------------------------------
@@ -759,7 +772,7 @@ def _withhold_pydicom_messages(path: Path):
         log.debug("%s: %d pydicom warning(s) withheld (they may quote header values)", path, n)
 
 
-def read_dicom(path: str | Path, *, labels: bool = False) -> Volume:
+def read_dicom(path: str | Path, *, labels: bool = False, sha256: bool = False) -> Volume:
     """Read one DICOM series (a folder of classic single-frame files, or one enhanced
     multi-frame file, alone or in a folder) as a 3-D volume.
 
@@ -778,22 +791,36 @@ def read_dicom(path: str | Path, *, labels: bool = False) -> Volume:
     """
     p = Path(path)
     with _withhold_pydicom_messages(p):
+        if sha256:
+            return _read_dicom(p, labels, sha256=True)
         return _read_dicom(p, labels)
 
 
-def _read_dicom(p: Path, labels: bool) -> Volume:
+def _read_dicom(p: Path, labels: bool, *, sha256: bool = False) -> Volume:
+    from concurrent.futures import ThreadPoolExecutor
+
     files = source_files(p)
     if not files:
         raise ReaderError(f"{p}: DICOM folder contains no files")
     headers = []
-    for f in files:
-        # each file is read once; pydicom reads it (again) only off the fast path
-        ds = _fast_header(_read_bytes(f))
-        if ds is None:
-            ds = _dcmread(f, pixels=True)
-        if not any(t in ds for t in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-            raise ReaderError(f"{f}: DICOM file has no pixel data (truncated, or not an image)")
-        headers.append((f, ds))
+    digest, unread = hashlib.sha256(), False
+    # the SHA-256 of the files (in name order) is updated in a helper thread from the bytes
+    # parsed here (hashlib releases the GIL), so hashing overlaps parsing
+    with ThreadPoolExecutor(1, thread_name_prefix="dicom-hash") as hasher:
+        for f in files:
+            # each file is read once; pydicom reads it (again) only off the fast path
+            buf = _read_bytes(f)
+            if sha256 and buf is not None:
+                hasher.submit(digest.update, buf)
+            unread = unread or buf is None
+            ds = _fast_header(buf) if buf is not None else None
+            if ds is None:
+                ds = _dcmread(f, pixels=True)
+            if not any(t in ds for t in ("PixelData", "FloatPixelData",
+                                         "DoubleFloatPixelData")):
+                raise ReaderError(
+                    f"{f}: DICOM file has no pixel data (truncated, or not an image)")
+            headers.append((f, ds))
     series: dict[str, list] = {}
     for f, ds in headers:
         series.setdefault(_raw_text(ds, "SeriesInstanceUID") or "", []).append(f)
@@ -825,16 +852,20 @@ def _read_dicom(p: Path, labels: bool) -> Volume:
     log.debug("%s: DICOM series of %d slices -> %s", p, len(slices), data.shape)
     maps = [] if labels else [s.value_map for s in slices]
     maps = () if None in maps else tuple(dict.fromkeys(maps))
-    return Volume(data, affine, str(p), "dicom", maps)
+    if not sha256:
+        return Volume(data, affine, str(p), "dicom", maps)
+    # a file we could not read but pydicom could (never, in practice): hash them all again
+    return Volume(data, affine, str(p), "dicom", maps,
+                  sha256_files(files) if unread else digest.hexdigest())
 
 
-def _read_bytes(f: Path) -> bytes:
-    """The whole file (a missing or unreadable one is left to pydicom's error: empty bytes)."""
+def _read_bytes(f: Path) -> bytes | None:
+    """The whole file; None when it cannot be read (the library reading it then reports)."""
     try:
         with open(f, "rb") as fh:
             return fh.read()
     except OSError:
-        return b""
+        return None
 
 
 def assemble_slices(slices: list[_Slice], path: Path) -> tuple[np.ndarray, np.ndarray]:

@@ -165,11 +165,12 @@ def _check_channels(images: ParticipantImages) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _read(ref: ImageRef, config: IngestConfig) -> Volume:
-    """Read and check one image; errors name station, channel and file."""
+def _read(ref: ImageRef, config: IngestConfig, sha256: bool = False) -> Volume:
+    """Read and check one image (``sha256``: and hash its source bytes); errors name station,
+    channel and file."""
     labels = ref.channel == LABELS_ARRAY
     # unscaled 8/16-bit NIfTI images stay integers until stitching converts them while copying
-    vol = read_volume(ref.path, labels=labels, integers=True)
+    vol = read_volume(ref.path, labels=labels, integers=True, sha256=sha256)
     if labels:
         return vol
     data = _memory_order(vol.data)  # a reoriented view reduces far faster in memory order
@@ -207,32 +208,35 @@ def _map_labels(vol: Volume, ref: ImageRef) -> np.ndarray:
     return lut[data]
 
 
-def _read_station(images: ParticipantImages, s: int, channel: str, config: IngestConfig):
+def _read_station(images: ParticipantImages, s: int, channel: str, config: IngestConfig,
+                  sha256: bool = False):
     ref = images.get(s, channel)
     try:
-        return ref, _read(ref, config)
+        return ref, _read(ref, config, sha256)
     except (ReaderError, ImageValueError) as e:  # keep the type for the failures table
         raise type(e)(f"station {s} {channel}: {e}") from e
 
 
-def _map_stations(images: ParticipantImages, channel: str, config: IngestConfig, pool):
+def _map_stations(images: ParticipantImages, channel: str, config: IngestConfig, pool,
+                  sha256: bool = False):
     """``_read_station`` of every station, in station order; in ``pool``'s threads only for
-    gzipped files (inflating releases the GIL and runs on both cores, while pydicom's Python
-    parsing holds it: threads would only add contention there)."""
+    gzipped files (inflating releases the GIL and runs on both cores, while parsing DICOM
+    holds it: threads would only add contention there)."""
     stations = list(images.stations)
     gz = all(str(images.get(s, channel).path).lower().endswith(".gz") for s in stations)
 
     def read(s: int):
-        return _read_station(images, s, channel, config)
+        return _read_station(images, s, channel, config, sha256)
 
     return pool.map(read, stations) if pool is not None and gz else map(read, stations)
 
 
 def _stitch_channel(
     images: ParticipantImages, channel: str, grid: Grid, water_grids: dict[int, Grid],
-    config: IngestConfig, reads,
+    config: IngestConfig, reads, sources: dict[str, str],
 ) -> tuple[np.ndarray, tuple[tuple[float, float], ...]]:
-    """The channel stitched on ``grid`` and the stations' ``(slope, intercept)`` value maps.
+    """The channel stitched on ``grid`` and the stations' ``(slope, intercept)`` value maps;
+    the volumes' SHA-256 (when they carry one) go into ``sources``.
 
     ``reads``: the stations' ``(ref, volume)`` in station order (:func:`_map_stations`, whose
     errors are raised here in station order)."""
@@ -240,6 +244,8 @@ def _stitch_channel(
     read = list(reads)
     vols, grids, maps = [], [], []
     for s, (ref, vol) in zip(stations, read, strict=True):
+        if vol.sha256 is not None:
+            sources[_key(ref)] = vol.sha256
         g = Grid(vol.shape, vol.affine)
         if channel == "fat" and not same_grid(g, water_grids[s], config.grid_tolerance_mm):
             raise GridMismatchError(
@@ -284,12 +290,17 @@ def ingest_participant(
     t0 = time.perf_counter()
     try:
         channels = _check_channels(images)
-        # SHA-256 in two threads (hashlib releases the GIL); errors in manifest order
-        with ThreadPoolExecutor(2, thread_name_prefix=f"ingest-hash-{pid}") as hashers:
-            sources = dict(zip((_key(r) for r in images.images),
-                               hashers.map(_hash_ref, images.images), strict=True))
-        digest = input_hash(sources, images, config)
-        if not config.force and pid in zstore.participant_ids(store):
+        # With a stored group to compare with, hash the sources first: when the input hash
+        # matches, nothing is read.  Otherwise (a new participant, or --force) nothing is to
+        # be skipped, and the readers hash the very bytes they read (each file read once).
+        early = not config.force and pid in zstore.participant_ids(store)
+        sources: dict[str, str] = {}
+        if early:
+            # SHA-256 in two threads (hashlib releases the GIL); errors in manifest order
+            with ThreadPoolExecutor(2, thread_name_prefix=f"ingest-hash-{pid}") as hashers:
+                sources = dict(zip((_key(r) for r in images.images),
+                                   hashers.map(_hash_ref, images.images), strict=True))
+            digest = input_hash(sources, images, config)
             old = zstore.read_attrs(store, pid)
             if old.input_hash == digest:
                 log.info("participant %s: inputs unchanged, nothing rewritten", pid)
@@ -300,11 +311,11 @@ def ingest_participant(
         # decompressing inputs, stitching and compressing outputs overlap
         with ThreadPoolExecutor(2, thread_name_prefix=f"ingest-read-{pid}") as readers:
             water = {s: vol for s, (_, vol) in zip(
-                images.stations, _map_stations(images, "water", config, readers), strict=True)}
+                images.stations, _map_stations(images, "water", config, readers, not early),
+                strict=True)}
             # water defines the stations' grids and the common grid
             water_grids = {s: Grid(v.shape, v.affine) for s, v in water.items()}
             grid = common_grid([water_grids[s] for s in images.stations])
-            attrs = _attrs(images, grid, water_grids, sources, digest, channels)
             with zstore.GroupWriter(store, pid, shape=grid.shape) as writer, \
                     ThreadPoolExecutor(1, thread_name_prefix=f"ingest-{pid}") as pool:
                 pending = []
@@ -313,9 +324,9 @@ def ingest_participant(
                 for i, ch in enumerate(channels):
                     if i + 1 < len(channels):  # read ahead (starts now only for gzip files)
                         reads[channels[i + 1]] = _map_stations(
-                            images, channels[i + 1], config, readers)
+                            images, channels[i + 1], config, readers, not early)
                     arr, maps = _stitch_channel(
-                        images, ch, grid, water_grids, config, reads.pop(ch))
+                        images, ch, grid, water_grids, config, reads.pop(ch), sources)
                     writer.check(ch, arr)
                     if pending:  # at most one channel waiting to be written
                         pending.pop().result()
@@ -324,7 +335,10 @@ def ingest_participant(
                     del arr
                 for fut in pending:
                     fut.result()
-                writer.commit(attrs)
+                if not early:  # every source was read (every channel of every station)
+                    sources = {_key(r): sources[_key(r)] for r in images.images}
+                    digest = input_hash(sources, images, config)
+                writer.commit(_attrs(images, grid, water_grids, sources, digest, channels))
     except ParticipantError:
         raise
     except Exception as e:
