@@ -19,7 +19,8 @@ Guarantees
   the shard's read-modify-write and silently lose data.
 * **Compression.**  Blosc with the zstd compressor and bit shuffle inside each
   shard (``clevel`` 1: bit-shuffled zstd-1 compresses MR magnitudes about as well as
-  zstd-5 at several times its speed, so writing keeps pace with reading .nii.gz inputs).
+  zstd-5 at several times its speed, so writing keeps pace with reading .nii.gz inputs),
+  one Blosc block per inner chunk (``_BLOSC_BLOCKSIZE``).
 * **Scaled integers.**  An image written with its sources' ``(slope, intercept)`` pairs
   (:meth:`GroupWriter.add` ``value_maps``) is stored as the integers ``q`` wherever
   ``float32(q * slope + intercept)`` reproduces it bit for bit (:func:`quantise_exact`);
@@ -185,10 +186,18 @@ def chunking(shape: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
     return chunks, shards
 
 
+#: Blosc block size (bytes): a whole 64x64x64 chunk of up to 4-byte voxels is one block.
+#: Blosc's automatic choice at clevel 1 is 32 KiB, tuned for the L1 cache, but then zstd's
+#: per-block set-up dominates: one block per chunk compresses MR images 2-3x faster, decodes
+#: 2-4x faster and a little smaller (NIfTI-derived float32 0.271 -> 0.263, rescaled DICOM
+#: 0.817 -> 0.803 of raw).  Any Blosc decoder reads the block size from the chunk header.
+_BLOSC_BLOCKSIZE = 1 << 20
+
+
 def _compressor():
     from zarr.codecs import BloscCodec
 
-    return BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle")
+    return BloscCodec(cname="zstd", clevel=1, shuffle="bitshuffle", blocksize=_BLOSC_BLOCKSIZE)
 
 
 def _as_stored_dtype(name: str, array: np.ndarray, pid: str) -> np.ndarray:
@@ -282,7 +291,7 @@ def _write_shards(path: Path, data: np.ndarray, chunks, shards) -> None:
     import google_crc32c
     from numcodecs import Blosc
 
-    codec = Blosc(cname="zstd", clevel=1, shuffle=Blosc.BITSHUFFLE, blocksize=0)
+    codec = Blosc(cname="zstd", clevel=1, shuffle=Blosc.BITSHUFFLE, blocksize=_BLOSC_BLOCKSIZE)
     data = np.ascontiguousarray(data, dtype=data.dtype.newbyteorder("<"))
     bits = data.view(f"<u{data.dtype.itemsize}")
     per = tuple(sh // c for sh, c in zip(shards, chunks, strict=True))
