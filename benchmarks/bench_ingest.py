@@ -16,6 +16,9 @@ the same run:
 
 Goals (issue 3): ``ingest_s / bare_read_s <= 1.5`` and ``store_ratio <= 0.6``.  Times are the
 best of ``repeats`` runs, alternating baseline and ingest so both see the same page cache.
+``*_cpu_s`` are the process CPU times (all threads) of the same runs: the bare read uses one
+core, ingest spreads over two (reading, compressing), so on a shared machine whose second
+core is busy the wall-time ratio rises towards the CPU-time ratio.
 """
 
 from __future__ import annotations
@@ -70,12 +73,15 @@ def _write_participant(out: Path, fmt: str, shape, spacing, stations: int) -> tu
     return manifest, voxels
 
 
-def _bare_read(manifest_dir: Path, fmt: str, *, as_float32: bool = False) -> float:
+def _bare_read(manifest_dir: Path, fmt: str, *, as_float32: bool = False,
+               cpu: list | None = None) -> float:
     """Seconds to read every file of the participant with nibabel or pydicom only
-    (``as_float32``: nibabel's ``get_fdata(dtype=float32)`` instead of the raw ``dataobj``)."""
+    (``as_float32``: nibabel's ``get_fdata(dtype=float32)`` instead of the raw ``dataobj``);
+    the CPU seconds are appended to ``cpu`` when given."""
     import nibabel as nib
     import pydicom
 
+    c0 = time.process_time()
     t0 = time.perf_counter()
     if fmt == "nifti":
         for f in sorted(manifest_dir.glob("*.nii.gz")):
@@ -88,7 +94,10 @@ def _bare_read(manifest_dir: Path, fmt: str, *, as_float32: bool = False) -> flo
         for d in sorted(p for p in manifest_dir.iterdir() if p.is_dir()):
             for f in sorted(d.iterdir()):
                 pydicom.dcmread(f).pixel_array  # noqa: B018 - decoding is the point
-    return time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    if cpu is not None:
+        cpu.append(time.process_time() - c0)
+    return wall
 
 
 def _dir_bytes(path: Path) -> int:
@@ -109,10 +118,11 @@ def _measure(work: Path, fmt: str, shape, spacing, stations: int, repeats: int) 
     write_s = time.perf_counter() - t0
     item = load_manifest(manifest).participants[0]
     bare, bare_f32, ingest, ingest_int = [], [], [], []
+    bare_cpu, ingest_cpu = [], []
     store = work / f"store_{fmt}.zarr"
     store_int = work / f"store_{fmt}_integer.zarr"
     for _ in range(repeats):
-        bare.append(_bare_read(src, fmt))
+        bare.append(_bare_read(src, fmt, cpu=bare_cpu))
         if fmt == "nifti":
             bare_f32.append(_bare_read(src, fmt, as_float32=True))
         # the opt-in variant: rescaled images stored as their source integers where bit-exact
@@ -121,9 +131,11 @@ def _measure(work: Path, fmt: str, shape, spacing, stations: int, repeats: int) 
         ingest_participant(item, store=store_int, config=IngestConfig(integer_storage=True))
         ingest_int.append(time.perf_counter() - t0)
         shutil.rmtree(store, ignore_errors=True)
+        c0 = time.process_time()
         t0 = time.perf_counter()
         res = ingest_participant(item, store=store, config=IngestConfig())
         ingest.append(time.perf_counter() - t0)
+        ingest_cpu.append(time.process_time() - c0)
     t0 = time.perf_counter()
     again = ingest_participant(item, store=store, config=IngestConfig())
     reingest = time.perf_counter() - t0
@@ -160,6 +172,9 @@ def _measure(work: Path, fmt: str, shape, spacing, stations: int, repeats: int) 
         "bare_read_mb_s": round(voxel_mb / best_bare, 1),
         "ingest_mb_s": round(voxel_mb / best_ingest, 1),
         "ingest_over_bare_read": round(best_ingest / best_bare, 3),
+        "bare_read_cpu_s": round(min(bare_cpu), 3),
+        "ingest_cpu_s": round(min(ingest_cpu), 3),
+        "ingest_over_bare_read_cpu": round(min(ingest_cpu) / min(bare_cpu), 3),
         **extra,
         "reingest_unchanged_s": round(reingest, 3),
         "store_mb": round(on_disk / 1e6, 2),
