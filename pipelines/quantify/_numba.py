@@ -36,6 +36,9 @@ import numba as nb
 import numpy as np
 
 _JIT = {"nogil": True, "cache": True, "fastmath": False, "error_model": "numpy"}
+#: :func:`fused_pass` records the runs of this many voxels that hold a voxel the floor decides
+#: (:func:`fix_ff` re-checks them): shorter runs cost the pass more, longer ones fix_ff
+FIX_RUN = 64
 
 
 def _count_pass_py(w, f, lab, tt, slab):  # pragma: no cover - compiled
@@ -192,24 +195,79 @@ def select_by_key(w, f, idx, mkey, wanted, total):  # pragma: no cover - compile
     return keys[:p], vals[:p]
 
 
+@nb.njit(nogil=True, cache=True, error_model="numpy", fastmath={"reassoc"})
+def _segment(ws, fs, kk, vv, flo, fhi, fat_threshold, nbins, swap_ff):  # pragma: no cover
+    """Classify one segment of voxels of one label (vectorised): ``kk`` the histogram slot
+    (lean bins, InterMAT bins, the low-signal slot ``2 * nbins``, or -1 for a voxel whose
+    status the exact floor decides), ``vv`` the float64 ff; returns (lean ff sum, InterMAT ff
+    sum, swap count).  ``reassoc`` lets LLVM vectorise the two sums (only the order of the
+    float64 additions changes; every other value is computed exactly as in NumPy)."""
+    lean = 0.0
+    fat = 0.0
+    nsw = 0
+    low_slot = 2 * nbins
+    for t in range(ws.size):
+        wv = np.float64(ws[t])
+        fv = np.float64(fs[t])
+        s = wv + fv
+        fin = s < np.inf
+        valid = (s >= fhi) & fin
+        low = ~((s >= flo) & fin)
+        ffv = fv / s
+        ffc = ffv if valid else 0.0
+        is_fat = ffc >= fat_threshold
+        bb = np.int64(ffc * nbins)  # truncation, as NumPy's astype(intp)
+        bb = min(max(bb, 0), nbins - 1) + (nbins if is_fat else 0)
+        kk[t] = bb if valid else (low_slot if low else -1)
+        vv[t] = ffv
+        fat += ffc if is_fat else 0.0
+        lean += 0.0 if is_fat else ffc
+        nsw += valid & (ffc >= swap_ff)
+    return lean, fat, nsw
+
+
+@nb.njit(nogil=True, cache=True, error_model="numpy", fastmath={"reassoc"})
+def _segment_ipop(ws, fs, ips, ops, fhi):  # pragma: no cover - compiled
+    """In/opposed-phase deviations of one segment's valid voxels (sums, vectorised)."""
+    d1 = 0.0
+    d2 = 0.0
+    d3 = 0.0
+    d4 = 0.0
+    for t in range(ws.size):
+        wv = np.float64(ws[t])
+        fv = np.float64(fs[t])
+        s = wv + fv
+        valid = (s >= fhi) & (s < np.inf)
+        d1 += abs(np.float64(ips[t]) - s) if valid else 0.0
+        d2 += abs(np.float64(ops[t]) - abs(wv - fv)) if valid else 0.0
+        d3 += s if valid else 0.0
+        d4 += 1.0 if valid else 0.0
+    return d1, d2, d3, d4
+
+
 @nb.njit(**_JIT)
-def _fused_block(ww, fs, ll, ip, op, has_ipop, want_ff, out, pos0, t32, flo32, fhi32, flo, fhi,
-                 fat_threshold, nbins, swap_ff, max_label, skip8, c, sm, sw, ex, tail, nt_all,
-                 unc, nu_all, mdef, nd, mval, mkey, nm):  # pragma: no cover - compiled
+def _fused_block(ww, fs, ll, ip, op, has_ipop, want_ff, out, pos0, t32, th32, flo32, fhi32,
+                 flo, fhi, fat_threshold, nbins, swap_ff, max_label, skip8, want, c, sm, sw, ex,
+                 tail, nt_all, unc, nu_all, mdef, nd, mval, mkey, nm, kscr, vscr, runhas
+                 ):  # pragma: no cover - compiled
     """One cache-sized block of :func:`fused_pass` (``pos0``: flat position of its first
     voxel).  Every buffer has room for one more block: no array is reallocated here, which
     keeps the loops free of reference counting."""
     n_slots = 2 * nbins + 1
     nf = 0
+    na = 0
     nan = np.float32(np.nan)
-    # per run of 256 voxels: ff and counts (vectorised), then the tail gathered only in the
-    # runs that hold a tail voxel (L1-hot): branch-free compaction (write every candidate,
-    # advance only past the selected ones; the buffers have room for one block plus one);
-    # runs holding a voxel the floor decides are only recorded (fix_ff re-checks them)
+    # per run of 256 voxels: ff and counts (vectorised), then the percentile's bracket
+    # (t32 <= W + F < th32) gathered only in the runs that hold such a voxel (L1-hot):
+    # branch-free compaction (write every candidate, advance only past the selected ones; the
+    # buffers have room for one block plus one); voxels above the bracket are only counted;
+    # the FIX_RUN-voxel sub-runs holding a voxel the floor decides are only recorded (fix_ff
+    # re-checks them)
     for j0 in range(0, ww.size, 256):
         rw = ww[j0:j0 + 256]
         rf = fs[j0:j0 + 256]
         nt = 0
+        nar = 0
         nu = 0
         nfr = 0
         if want_ff:
@@ -217,7 +275,8 @@ def _fused_block(ww, fs, ll, ip, op, has_ipop, want_ff, out, pos0, t32, flo32, f
             for i in range(rw.size):
                 s = rw[i] + rf[i]
                 nfr += np.isfinite(s)
-                nt += s >= t32
+                nt += (s >= t32) & (s < th32)
+                nar += s >= th32
                 nu += (s >= flo32) & (s < fhi32)
                 v = rf[i] / s  # error_model="numpy": x/0 is inf/nan like NumPy, no branch
                 ro[i] = nan if s < flo32 else v
@@ -225,34 +284,44 @@ def _fused_block(ww, fs, ll, ip, op, has_ipop, want_ff, out, pos0, t32, flo32, f
             for i in range(rw.size):
                 s = rw[i] + rf[i]
                 nfr += np.isfinite(s)
-                nt += s >= t32
+                nt += (s >= t32) & (s < th32)
+                nar += s >= th32
         nf += nfr
+        na += nar
+        rl = ll[j0:j0 + 256]
+        nl = 0
+        for i in range(rl.size):
+            nl += rl[i] != 0
+        runhas[j0 >> 8] = nl > 0
         if nt > 0:
             for i in range(rw.size):
+                s = rw[i] + rf[i]
                 tail[nt_all] = np.float64(rw[i]) + np.float64(rf[i])
-                nt_all += rw[i] + rf[i] >= t32
-        if want_ff and nu > 0:  # the run, not each voxel: fix_ff re-checks the run
-            unc[nu_all] = pos0 + j0
-            nu_all += 1
-    # Per-voxel sums go to registers, not memory: a run of voxels of one label (the usual
-    # case: muscles are contiguous) adds into scalars that are flushed into the arrays when
-    # the label changes, so no addition waits for the previous one's store (only the order
-    # of the float64 additions differs from the NumPy kernel's).
+                nt_all += (s >= t32) & (s < th32)
+        if want_ff and nu > 0:  # sub-runs, not each voxel: fix_ff re-checks them
+            for q0 in range(0, rw.size, FIX_RUN):
+                qw = rw[q0:q0 + FIX_RUN]
+                qf = rf[q0:q0 + FIX_RUN]
+                nq = 0
+                for i in range(qw.size):
+                    s = qw[i] + qf[i]
+                    nq += (s >= flo32) & (s < fhi32)
+                unc[nu_all] = pos0 + j0 + q0
+                nu_all += nq > 0
+    # The muscle voxels, one segment of equal label value at a time (muscles are contiguous
+    # along the fastest axis: a segment is typically tens of voxels): a vectorised loop
+    # classifies the segment's voxels and sums them (_segment), a short scalar loop then
+    # adds them to the histogram and keeps the median window's (ff, key) pairs.
     m = ll.size
     n8 = m // 8 if skip8 else 0
     words = ll[: n8 * 8].view(np.uint64)
-    cur = -1  # label of the running sums
-    run_lean = 0.0
-    run_fat = 0.0
-    run_swap = 0
-    e0 = 0.0
-    e1 = 0.0
-    e2 = 0.0
-    e3 = 0.0
-    e4 = 0.0
     i = 0
     while i < m:
-        # whole-body volumes are ~90 % background: skip 8 zero labels at once
+        # whole-body volumes are ~90 % background: skip runs without a muscle voxel, and
+        # 8 zero labels at once
+        if (i & 255) == 0 and not runhas[i >> 8]:
+            i += 256
+            continue
         if i < 8 * n8 and (i & 7) == 0 and words[i >> 3] == 0:
             i += 8
             continue
@@ -260,54 +329,41 @@ def _fused_block(ww, fs, ll, ip, op, has_ipop, want_ff, out, pos0, t32, flo32, f
         if raw == 0:
             i += 1
             continue
+        j = i + 1
+        while j < m and ll[j] == raw:
+            j += 1
         bad = raw > max_label
         lm = 0 if bad else np.int64(raw)
-        wv = np.float64(ww[i])
-        fv = np.float64(fs[i])
-        s = wv + fv
-        if s >= fhi and s < np.inf:
-            if lm != cur:
-                if cur >= 0:
-                    sm[cur * 2] += run_lean
-                    sm[cur * 2 + 1] += run_fat
-                    sw[cur] += run_swap
-                cur = lm
-                run_lean = 0.0
-                run_fat = 0.0
-                run_swap = 0
-            e0 += bad
-            ffv = fv / s
-            fat = ffv >= fat_threshold
-            key = lm * n_slots + _slot(ffv, fat_threshold, nbins)
-            c[key] += 1
-            run_fat += ffv if fat else 0.0
-            run_lean += 0.0 if fat else ffv
-            run_swap += ffv >= swap_ff
-            if has_ipop and not bad:
-                e1 += abs(np.float64(ip[i]) - s)
-                e2 += abs(np.float64(op[i]) - abs(wv - fv))
-                e3 += s
-                e4 += 1.0
-            mval[nm] = ffv
-            mkey[nm] = key
-            nm += 1
-        elif s >= flo and s < np.inf:
-            mdef[nd] = pos0 + i
-            nd += 1
-        else:
-            e0 += bad
-            c[lm * n_slots + n_slots - 1] += 1  # the low-signal slot
-        i += 1
-    if cur >= 0:
-        sm[cur * 2] += run_lean
-        sm[cur * 2 + 1] += run_fat
-        sw[cur] += run_swap
-    ex[0] += e0
-    ex[1] += e1
-    ex[2] += e2
-    ex[3] += e3
-    ex[4] += e4
-    return nf, nt_all, nu_all, nd, nm
+        kk = kscr[: j - i]
+        vv = vscr[: j - i]
+        lean, fat, nsw = _segment(ww[i:j], fs[i:j], kk, vv, flo, fhi, fat_threshold, nbins,
+                                  swap_ff)
+        sm[lm * 2] += lean
+        sm[lm * 2 + 1] += fat
+        sw[lm] += nsw
+        if has_ipop and not bad:
+            d1, d2, d3, d4 = _segment_ipop(ww[i:j], fs[i:j], ip[i:j], op[i:j], fhi)
+            ex[1] += d1
+            ex[2] += d2
+            ex[3] += d3
+            ex[4] += d4
+        base = lm * n_slots
+        nd0 = nd
+        for t in range(kk.size):
+            k = kk[t]
+            if k >= 0:
+                key = base + k
+                c[key] += 1
+                mval[nm] = vv[t]  # kept only in the sampled median window (branch-free)
+                mkey[nm] = key
+                nm += want[key]
+            else:
+                mdef[nd] = pos0 + i + t
+                nd += 1
+        if bad:  # (deferred voxels are counted by deferred_muscles)
+            ex[0] += kk.size - (nd - nd0)
+        i = j
+    return nf, na, nt_all, nu_all, nd, nm
 
 
 @nb.njit(**_JIT)
@@ -321,28 +377,30 @@ def _room(a, used, need):  # pragma: no cover - compiled
 
 
 @nb.njit(**_JIT)
-def fused_pass(w, f, lab, ip, op, has_ipop, want_ff, ff, base, blk, t32, flo32, fhi32, flo,
-               fhi, fat_threshold, nbins, swap_ff, n_labels, max_label, skip8
+def fused_pass(w, f, lab, ip, op, has_ipop, want_ff, ff, base, blk, t32, th32, flo32, fhi32,
+               flo, fhi, fat_threshold, nbins, swap_ff, n_labels, max_label, skip8, want
                ):  # pragma: no cover - compiled
     """Everything in ONE pass over ``w``, ``f``, ``lab`` (a part of the flat volume starting
-    at flat position ``base``), before the floor is known, using a bracket
-    ``flo <= floor <= fhi`` from the signal sample (checked by the caller afterwards).
+    at flat position ``base``), before the floor is known, using brackets from the signal
+    sample: ``t32 <= percentile < th32`` and ``flo <= floor <= fhi`` (checked by the caller
+    afterwards).
 
     Per cache-sized block of ``blk`` voxels (:func:`_fused_block`), per run of 256 voxels, a
     vectorised loop writes ``ff`` (NaN where ``W + F < flo`` in float32, else
-    ``F / (W + F)``) and counts finite voxels, tail voxels (``W + F >= t32``) and voxels whose
-    ff status the floor decides (``flo32 <= W + F < fhi32``); a branch-free compaction gathers
-    the tail in the runs that hold any (L1-hot), the runs holding voxels inside the bracket
-    are recorded, and a scalar loop then walks the
-    muscle voxels (labels 8 at a time), accumulating every muscle voxel whose float64
-    ``W + F`` is ``>= fhi`` (valid) or ``< flo`` / not finite (low-signal); the others are
-    deferred to :func:`deferred_muscles`.  Only valid voxels get a (float64 ff, key) pair
-    (the median candidates are always valid): picking the candidates afterwards is a scan of
-    the keys, without random reads of the images.
+    ``F / (W + F)``) and counts finite voxels, voxels in the percentile's bracket, voxels
+    above it, and voxels whose ff status the floor decides (``flo32 <= W + F < fhi32``); a
+    branch-free compaction gathers the bracket's ``W + F`` in the runs that hold any
+    (L1-hot), the :data:`FIX_RUN`-voxel runs holding voxels the floor decides are recorded,
+    and a scalar loop then walks the muscle voxels (labels 8 at a time), accumulating every
+    muscle voxel whose float64 ``W + F`` is ``>= fhi`` (valid) or ``< flo`` / not finite
+    (low-signal); the others are deferred to :func:`deferred_muscles`.  Valid voxels whose
+    key is ``want``-ed (each muscle's median window, estimated from the sample) keep their
+    (float64 ff, key) pair: picking the median candidates afterwards is a scan of those,
+    without random reads of the images.
 
-    Returns (finite count, tail ``W + F`` float64, starts of the 256-voxel runs holding a
-    voxel whose ff the floor decides,
-    deferred muscle positions, valid muscle ff, their keys, counts, sums, swap, extra).
+    Returns (finite count, count above the percentile's bracket, the bracket's ``W + F``
+    float64, starts of the runs holding a voxel whose ff the floor decides, deferred muscle
+    positions, kept muscle ff, their keys, counts, sums, swap, extra).
     """
     n = w.size
     n_slots = 2 * nbins + 1
@@ -351,29 +409,35 @@ def fused_pass(w, f, lab, ip, op, has_ipop, want_ff, ff, base, blk, t32, flo32, 
     sw = np.zeros(n_labels, dtype=np.int64)
     ex = np.zeros(5, dtype=np.float64)
     tail = np.empty(4 * blk, dtype=np.float64)
-    unc = np.empty(4 * blk, dtype=np.int64)
+    unc = np.empty(4 * blk // FIX_RUN + 1, dtype=np.int64)
     mdef = np.empty(4 * blk, dtype=np.int64)
     mval = np.empty(max(4 * blk, n // 8), dtype=np.float64)
     mkey = np.empty(mval.size, dtype=np.int32)
+    kscr = np.empty(blk, dtype=np.int64)  # per-segment scratch of _fused_block
+    vscr = np.empty(blk, dtype=np.float64)
+    runhas = np.empty(blk // 256 + 1, dtype=np.bool_)
     nt = 0
     nu = 0
     nd = 0
     nm = 0
     n_fin = 0
+    n_above = 0
     for a in range(0, n, blk):
         b = min(a + blk, n)
         tail = _room(tail, nt, blk + 1)
-        unc = _room(unc, nu, blk + 1)
+        unc = _room(unc, nu, blk // FIX_RUN + 2)
         mdef = _room(mdef, nd, blk)
         mval = _room(mval, nm, blk)
         mkey = _room(mkey, nm, blk)
         out = ff[a:b] if want_ff else ff
-        nf, nt, nu, nd, nm = _fused_block(
-            w[a:b], f[a:b], lab[a:b], ip[a:b], op[a:b], has_ipop, want_ff, out, base + a, t32, flo32, fhi32, flo, fhi,
-            fat_threshold, nbins, swap_ff, max_label, skip8, c, sm, sw, ex, tail, nt, unc, nu,
-            mdef, nd, mval, mkey, nm)
+        nf, na, nt, nu, nd, nm = _fused_block(
+            w[a:b], f[a:b], lab[a:b], ip[a:b], op[a:b], has_ipop, want_ff, out, base + a, t32,
+            th32, flo32, fhi32, flo, fhi, fat_threshold, nbins, swap_ff, max_label, skip8, want,
+            c, sm, sw, ex, tail, nt, unc, nu, mdef, nd, mval, mkey, nm, kscr, vscr, runhas)
         n_fin += nf
-    return n_fin, tail[:nt], unc[:nu], mdef[:nd], mval[:nm], mkey[:nm], c, sm, sw, ex
+        n_above += na
+    return (n_fin, n_above, tail[:nt], unc[:nu], mdef[:nd], mval[:nm], mkey[:nm], c, sm, sw,
+            ex)
 
 
 @nb.njit(**_JIT)
@@ -435,6 +499,22 @@ def select_values(mval, mkey, wanted, total):  # pragma: no cover - compiled
             vals[p] = mval[j]
             p += 1
     return keys[:p], vals[:p]
+
+
+@nb.njit(**_JIT)
+def scatter_candidates(mval, mkey, group, pos, end, out):  # pragma: no cover - compiled
+    """Write each entry of :func:`fused_pass` whose key belongs to a group (``group[key] >=
+    0``) to ``out`` at its group's next position (``pos``, advanced in place, never past
+    ``end``): the median candidates grouped by key, no sort needed.  The positions come from
+    the histogram, so parts of the volume can scatter into one ``out`` from several threads."""
+    for j in range(mkey.size):
+        g = group[mkey[j]]
+        if g >= 0:
+            p = pos[g]
+            if p >= end[g]:
+                raise RuntimeError("median candidates: more voxels than the histogram counted")
+            out[p] = mval[j]
+            pos[g] = p + 1
 
 
 @nb.njit(**_JIT)

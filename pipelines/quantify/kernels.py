@@ -210,18 +210,19 @@ def _lerp(a: float, b: float, t: float) -> float:
     return b - diff * (1.0 - t) if t >= 0.5 else a + diff * t
 
 
-def percentile_from_tail(tail: np.ndarray, n_finite: int, q: float) -> float | None:
+def percentile_from_tail(tail: np.ndarray, n_finite: int, q: float, n_above: int = 0
+                         ) -> float | None:
     """The exact ``q``-th percentile (NumPy's default linear method) of ``n_finite`` values of
-    which ``tail`` holds the largest ones; None when the tail is too short to contain the
-    needed order statistics."""
+    which ``tail`` holds the largest ones, except the ``n_above`` largest of all (counted, not
+    gathered); None when the tail does not contain the needed order statistics."""
     if n_finite <= 0:
         raise ValueError("no finite water + fat voxel in the volume")
     vi = (n_finite - 1) * (q / 100.0)
     lo = int(math.floor(vi))
     hi = min(lo + 1, n_finite - 1)
     gamma = vi - lo
-    offset = n_finite - int(tail.size)
-    if lo < offset:
+    offset = n_finite - n_above - int(tail.size)
+    if lo < offset or hi >= n_finite - n_above:
         return None
     a, b = lo - offset, hi - offset
     part = np.partition(np.asarray(tail, dtype=np.float64), [a, b] if b != a else a)
@@ -424,11 +425,14 @@ def gather_median_candidates(
     return select_keys(mv, keys, nbins=nbins)
 
 
-def finalize_medians(targets: MedianTargets, keys: np.ndarray, values: np.ndarray) -> np.ndarray:
+def finalize_medians(targets: MedianTargets, keys: np.ndarray, values: np.ndarray, *,
+                     keys_sorted: bool = False) -> np.ndarray:
     """Exact per-label median of ff (fraction, float64; NaN where no valid voxel), NumPy's
-    convention (mean of the two middle values for an even count)."""
-    order = np.argsort(keys, kind="stable")
-    keys, values = keys[order], values[order]
+    convention (mean of the two middle values for an even count).  ``keys_sorted``: the
+    candidates already come grouped by ascending key (no sort needed)."""
+    if not keys_sorted:
+        order = np.argsort(keys, kind="stable")
+        keys, values = keys[order], values[order]
     out = np.full(targets.layout.n_labels, np.nan)
     for lab in np.flatnonzero(targets.n_valid):
         picks = []

@@ -126,17 +126,20 @@ def _sample_bracket(sample: np.ndarray, n_total: int, q: float) -> tuple[float, 
     """(t_lo, t_hi) that bracket the ``q``-th percentile of the whole volume with overwhelming
     probability (8 binomial standard deviations each side), from a strided sample; None when
     the sample cannot say.  Only a speed hint: the caller checks the bracket afterwards."""
-    t_lo = candidate_threshold(sample, n_total, q)
     m = int(sample.size)
-    if not math.isfinite(t_lo):
+    if m < 1000 or m >= n_total:
         return None
     p = q / 100.0
-    level = p + 8.0 * math.sqrt(max(p * (1.0 - p), 1.0 / m) / m) + 8.0 / m
-    if level >= 1.0:
+    margin = 8.0 * math.sqrt(max(p * (1.0 - p), 1.0 / m) / m) + 8.0 / m
+    if not (0.0 < p - margin and p + margin < 1.0):
         return None
-    k = min(m - 1, int(math.ceil(level * (m - 1))))
-    t_hi = float(np.partition(sample, k)[k])
-    return (t_lo, t_hi) if math.isfinite(t_hi) else None
+    # the same ranks as candidate_threshold (below) and its mirror image (above), picked in
+    # one partition
+    k_lo = int(math.floor((p - margin) * (m - 1)))
+    k_hi = min(m - 1, int(math.ceil((p + margin) * (m - 1))))
+    part = np.partition(sample, [k_lo, k_hi])
+    t_lo, t_hi = float(part[k_lo]), float(part[k_hi])
+    return (t_lo, t_hi) if math.isfinite(t_lo) and math.isfinite(t_hi) else None
 
 
 _MIN_PART_VOXELS = 1 << 20  # a thread gets at least this many voxels (else thread start-up dominates)
@@ -149,98 +152,177 @@ def _threads(config: QuantifyConfig) -> int:
     return max(1, cores or 1) if config.cpu_threads == 0 else config.cpu_threads
 
 
+def _median_window(ffs: np.ndarray, labs: np.ndarray, *, n_labels: int, nbins: int,
+                   fat_threshold: float) -> np.ndarray:
+    """Accumulator keys (bool table, ``n_labels * n_slots``) holding each label's median ff
+    with overwhelming probability, from the sampled valid muscle voxels (``ffs``, ``labs``):
+    the histogram slots between the sample's order statistics 8 binomial standard deviations
+    either side of its middle; every slot of a label with fewer than
+    :data:`_WINDOW_MIN_SAMPLES` samples.  Only a speed hint: the caller checks that the
+    median slots found by the pass lie inside it."""
+    n_slots = 2 * nbins + 1
+    want = np.zeros((n_labels, n_slots), dtype=np.bool_)
+    want[:, : 2 * nbins] = True
+    counts = np.bincount(labs, minlength=n_labels)
+    for lab in np.flatnonzero(counts >= _WINDOW_MIN_SAMPLES):
+        v = np.sort(ffs[labs == lab])
+        m = v.size
+        d = 4.0 * math.sqrt(m) + 8.0  # 8 standard deviations of Binomial(m, 1/2), in ranks
+        lo, hi = int(math.floor(m / 2.0 - d)), int(math.ceil(m / 2.0 + d))
+        if lo < 0 or hi >= m:
+            continue
+        slots = np.clip((v[[lo, hi]] * nbins).astype(np.int64), 0, nbins - 1)
+        slots += np.where(v[[lo, hi]] >= fat_threshold, nbins, 0)
+        want[lab] = False
+        want[lab, slots[0]: slots[1] + 1] = True
+    return want.reshape(-1)
+
+
+_WINDOW_MIN_SAMPLES = 400
+
+
 def _quantify_volume_fused(w, f, lab, ip, op, *, config: QuantifyConfig, want_ff: bool,
-                           shape, sample: np.ndarray) -> VolumeResult | None:
+                           shape, step: int, out: np.ndarray | None) -> VolumeResult | None:
     """One pass over the images (:func:`pipelines.quantify._numba.fused_pass`), split into
-    ``cpu_threads`` contiguous parts run by as many threads (the compiled pass releases the
-    GIL), then small fix-ups once the exact floor is known.  None when the sampled bracket
-    of the floor is unavailable or turns out wrong (the caller then runs the multi-pass
-    kernel): correctness never depends on the sample."""
+    ``cpu_threads`` contiguous parts run by as many threads (the compiled code releases the
+    GIL); before it, a strided sample (every ``step``-th voxel) brackets the signal
+    percentile and the floor and gives each muscle's median window; after it, small
+    fix-ups once the exact floor is known.  Every step runs per part in the same threads.
+    None when a sampled bracket or window is unavailable or turns out wrong (the caller then
+    runs the multi-pass kernel): correctness never depends on the sample."""
+    n = w.size
+    blk = 1 << 14
+    threads = min(_threads(config), max(1, n // _MIN_PART_VOXELS))
+    size = -(-n // threads)
+    size = -(-size // blk) * blk
+    parts = [(a, min(a + size, n)) for a in range(0, n, size)]
+    if len(parts) == 1:
+        return _fused(w, f, lab, ip, op, config=config, want_ff=want_ff, shape=shape,
+                      step=step, out=out, parts=parts, blk=blk, pmap=lambda fn, xs: list(map(fn, xs)))
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(parts)) as pool:
+        return _fused(w, f, lab, ip, op, config=config, want_ff=want_ff, shape=shape,
+                      step=step, out=out, parts=parts, blk=blk,
+                      pmap=lambda fn, xs: list(pool.map(fn, xs)))
+
+
+def _fused(w, f, lab, ip, op, *, config: QuantifyConfig, want_ff: bool, shape, step: int,
+           out: np.ndarray | None, parts, blk: int, pmap) -> VolumeResult | None:
     from pipelines.quantify import _numba
     from pipelines.quantify.kernels import MAX_LABEL
 
     n = w.size
     q = config.signal_floor_percentile
     frac = config.signal_floor_fraction
-    bracket = _sample_bracket(sample, n, q)
+    nbins = int(config.histogram_bins)
+    fat_threshold = float(config.fat_threshold)
+    layout = AccumulatorLayout(nbins)
+
+    def sample_part(ab):  # every step-th voxel of the whole volume that lies in the part
+        a, b = ab
+        a0 = a + (-a) % step
+        return w[a0:b:step].copy(), f[a0:b:step].copy(), lab[a0:b:step].copy()
+
+    sampled = pmap(sample_part, parts)
+    w_all, f_all, l_all = (np.concatenate([p[k] for p in sampled]) for k in range(3))
+    f_all = f_all.astype(np.float64)
+    s_all = w_all + f_all
+    finite = np.isfinite(s_all)
+    bracket = _sample_bracket(s_all[finite], n, q)
     if bracket is None or not frac > 0:
         return None
     t_lo, t_hi = bracket
     flo, fhi = frac * t_lo, frac * t_hi
     if not (flo > 0 and math.isfinite(fhi)):
         return None
+    muscle = finite & (s_all >= fhi) & (l_all > 0) & (l_all <= MAX_LABEL)
+    want = _median_window(f_all[muscle] / s_all[muscle], l_all[muscle],
+                          n_labels=layout.n_labels, nbins=nbins, fat_threshold=fat_threshold)
     dt = w.dtype.type
-    blk = 1 << 14
-    threads = min(_threads(config), max(1, n // _MIN_PART_VOXELS))
-    step = -(-n // threads)
-    step = -(-step // blk) * blk
-    parts = [(a, min(a + step, n)) for a in range(0, n, step)]
     has_ipop = ip is not None and op is not None
-    ff = np.empty(n if want_ff else 0, dtype=np.float32)
-    layout = AccumulatorLayout(config.histogram_bins)
-    nbins = int(config.histogram_bins)
-    fat_threshold = float(config.fat_threshold)
+    ff = _ff_buffer(out, n, shape) if want_ff else np.empty(0, dtype=np.float32)
     skip8 = lab.dtype == np.uint8
 
-    def part(ab):
+    def one_pass(ab):
         a, b = ab
         return _numba.fused_pass(
             w[a:b], f[a:b], lab[a:b], ip[a:b] if has_ipop else w[a:b],
             op[a:b] if has_ipop else f[a:b], has_ipop, want_ff, ff[a:b] if want_ff else ff,
-            a, blk, dt(t_lo), dt(flo), dt(fhi), flo, fhi, fat_threshold, nbins,
-            float(config.swap_ff), layout.n_labels, MAX_LABEL, skip8)
+            a, blk, dt(t_lo), dt(t_hi), dt(flo), dt(fhi), flo, fhi, fat_threshold, nbins,
+            float(config.swap_ff), layout.n_labels, MAX_LABEL, skip8, want)
 
-    if len(parts) == 1:
-        outs = [part(parts[0])]
-    else:
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(len(parts)) as pool:
-            outs = list(pool.map(part, parts))
+    # (float32 bounds give sets of voxels that are contiguous in float64 order too, rounding
+    # being monotone; percentile_from_tail checks the needed ranks fall in the gathered set)
+    outs = pmap(one_pass, parts)
     n_finite = sum(int(o[0]) for o in outs)
     if n_finite == 0:
         raise ValueError("water + fat is not finite anywhere in the volume")
-    tail = np.concatenate([o[1] for o in outs])
-    pct = percentile_from_tail(tail, n_finite, q)
+    n_above = sum(int(o[1]) for o in outs)
+    tail = np.concatenate([o[2] for o in outs])
+    pct = percentile_from_tail(tail, n_finite, q, n_above)
     if pct is None:
-        log.info("signal percentile: sampled bound %.6g too high, multi-pass kernel", t_lo)
+        log.info("signal percentile outside the sampled bracket [%.6g, %.6g]: multi-pass "
+                 "kernel", t_lo, t_hi)
         return None
     floor = frac * pct
     if not flo <= floor <= fhi:
         log.info("signal floor %.6g outside the sampled bracket [%.6g, %.6g]: multi-pass "
                  "kernel", floor, flo, fhi)
         return None
-    mdef = np.concatenate([o[3] for o in outs])
+    mdef = np.concatenate([o[4] for o in outs])
     dc, ds, dsw, dex, dval, dkey = _numba.deferred_muscles(
         w, f, lab, ip if has_ipop else w, op if has_ipop else f, has_ipop, mdef, float(floor),
         fat_threshold, nbins, float(config.swap_ff), layout.n_labels, MAX_LABEL)
-    if want_ff:
-        for o in outs:
-            if o[2].size:
-                _numba.fix_ff(w, f, ff, o[2], 256, dt(floor))
-    wanted_parts = [(o[4], o[5]) for o in outs] + [(dval, dkey)]
-    counts = dc + sum(o[6] for o in outs)
-    sums = ds + sum(o[7] for o in outs)
-    swap = dsw + sum(o[8] for o in outs)
-    extra = dex + sum(o[9] for o in outs)
-    vec = np.concatenate([counts.astype(np.float64), sums, swap.astype(np.float64), extra])
-    acc = layout.unpack(vec)
+    counts = dc + sum(o[7] for o in outs)
+    acc = layout.unpack(np.concatenate([
+        counts.astype(np.float64), ds + sum(o[8] for o in outs),
+        (dsw + sum(o[9] for o in outs)).astype(np.float64), dex + sum(o[10] for o in outs)]))
     targets = median_targets(acc)
-    wanted = np.zeros(layout.n_labels * layout.n_slots, dtype=np.bool_)
-    wanted[targets.keys] = True
-    total = int(acc.counts.reshape(-1)[targets.keys].sum())
-    picked = [_numba.select_values(v, k, wanted, total) for v, k in wanted_parts]
-    keys = np.concatenate([p[0] for p in picked])
-    values = np.concatenate([p[1] for p in picked])
-    if keys.size != total:
-        raise RuntimeError("median candidates: fewer voxels than the histogram counted")
-    medians = finalize_medians(targets, keys, values)
+    gkeys = targets.keys
+    if not want[gkeys].all():
+        log.info("a median outside its sampled window: multi-pass kernel")
+        return None
+    # the median candidates grouped by key: each part (and the deferred voxels, all kept)
+    # writes its share at positions known from its own histogram: no sort, no merge
+    group = np.full(layout.n_labels * layout.n_slots, -1, dtype=np.int64)
+    group[gkeys] = np.arange(gkeys.size)
+    per_source = np.stack([o[7][gkeys] for o in outs] + [dc[gkeys]])  # (sources, groups)
+    gcount = per_source.sum(axis=0)
+    pos0 = _exclusive_cumsum(gcount) + np.vstack([np.zeros((1, gkeys.size), np.int64),
+                                                  np.cumsum(per_source, axis=0)[:-1]])
+    values = np.empty(int(gcount.sum()), dtype=np.float64)
+    sources = [(o[5], o[6]) for o in outs] + [(dval, dkey)]
+
+    def settle(i):
+        mval, mkey = sources[i]
+        pos = pos0[i].copy()
+        _numba.scatter_candidates(mval, mkey, group, pos, pos0[i] + per_source[i], values)
+        if not np.array_equal(pos, pos0[i] + per_source[i]):
+            raise RuntimeError("median candidates: fewer voxels than the histogram counted")
+        if want_ff and i < len(outs) and outs[i][3].size:
+            _numba.fix_ff(w, f, ff, outs[i][3], _numba.FIX_RUN, dt(floor))
+
+    pmap(settle, range(len(sources)))
+    medians = finalize_medians(targets, np.repeat(gkeys, gcount), values, keys_sorted=True)
     return VolumeResult(floor, pct, n_finite, acc, medians,
                         ff.reshape(shape) if want_ff else None)
 
 
+def _ff_buffer(out: np.ndarray | None, n: int, shape) -> np.ndarray:
+    """The flat float32 ff map: a view of ``out`` (checked) or a new array."""
+    if out is None:
+        return np.empty(n, dtype=np.float32)
+    if (not isinstance(out, np.ndarray) or out.dtype != np.float32
+            or tuple(out.shape) != tuple(shape) or not out.flags.c_contiguous):
+        raise ValueError(f"out: expected a C-contiguous float32 NumPy array of shape "
+                         f"{tuple(shape)}, got {type(out).__name__} "
+                         f"{getattr(out, 'dtype', '?')} {getattr(out, 'shape', '?')}")
+    return out.reshape(-1)
+
+
 def _quantify_volume_numba(w, f, lab, ip, op, *, config: QuantifyConfig, want_ff: bool,
-                           shape) -> VolumeResult:
+                           shape, out: np.ndarray | None) -> VolumeResult:
     """The whole-array kernel with the fused Numba passes (same numbers as the NumPy one)."""
     import numba
 
@@ -248,12 +330,13 @@ def _quantify_volume_numba(w, f, lab, ip, op, *, config: QuantifyConfig, want_ff
     from pipelines.quantify.kernels import MAX_LABEL
 
     n = w.size
-    sample = signal_sample(w, f, max(1, n // SAMPLE_SIZE))
+    step = max(1, n // SAMPLE_SIZE)
     if config.fused_pass:
         res = _quantify_volume_fused(w, f, lab, ip, op, config=config, want_ff=want_ff,
-                                     shape=shape, sample=sample)
+                                     shape=shape, step=step, out=out)
         if res is not None:
             return res
+    sample = signal_sample(w, f, step)
     if config.cpu_threads == 1:
         K = _numba.SERIAL
     else:
@@ -283,7 +366,7 @@ def _quantify_volume_numba(w, f, lab, ip, op, *, config: QuantifyConfig, want_ff
         return first.pop() if first else signal_tail(w, f, thr)
 
     floor, pct, n_finite = _floor_from(tail_fn, None, n, config, first_threshold=t)
-    ff = np.empty(n if want_ff else 0, dtype=np.float32)
+    ff = _ff_buffer(out, n, shape) if want_ff else np.empty(0, dtype=np.float32)
     layout = AccumulatorLayout(config.histogram_bins)
     has_ipop = ip is not None and op is not None
     kw = (float(floor), float(config.fat_threshold), int(config.histogram_bins))
@@ -314,6 +397,7 @@ def quantify_volume(
     *,
     config: QuantifyConfig,
     want_ff: bool = True,
+    out: np.ndarray | None = None,
 ) -> VolumeResult:
     """The whole-array kernel: floor, ff map, per-label accumulators and exact medians.
 
@@ -324,6 +408,10 @@ def quantify_volume(
     in_phase, opposed_phase : optional float arrays of the same shape (swap check).
     config : the stage's settings.
     want_ff : also return the float32 fat-fraction map.
+    out : optional C-contiguous float32 NumPy array of the volume's shape that receives the
+        ff map (``VolumeResult.ff`` is then a view of it), like ``np.add(..., out=)``: a
+        worker reusing one buffer across participants avoids allocating and first-touching
+        4 bytes per voxel each time.
 
     NumPy/CuPy: three sweeps through cache-sized flat slabs: (1) ``W + F`` tail above a
     sampled bound and the muscle voxel positions, (2) the ff map, (3) the per-muscle
@@ -341,7 +429,7 @@ def quantify_volume(
         op = xp.ascontiguousarray(opposed_phase).reshape(-1)
     if _use_numba(config, xp, (w, f, lab)):
         return _quantify_volume_numba(w, f, lab, ip, op, config=config, want_ff=want_ff,
-                                      shape=shape)
+                                      shape=shape, out=out)
     n = w.size
     slab = n if xp is not np else config.slab_voxels
     q = config.signal_floor_percentile
@@ -374,7 +462,7 @@ def quantify_volume(
     # sweep 2: the fat-fraction map
     ff = None
     if want_ff:
-        ff = xp.empty(n, dtype=xp.float32)
+        ff = _ff_buffer(out, n, shape) if xp is np else xp.empty(n, dtype=xp.float32)
         scratch = xp.empty(min(slab, n), dtype=xp.result_type(w.dtype, f.dtype))
         for sl in _slabs(n, slab):
             m = sl.stop - sl.start
@@ -396,6 +484,9 @@ def quantify_volume(
         vs.append(v)
     medians = finalize_medians(targets, np.concatenate(ks), np.concatenate(vs))
     ff_host = None if ff is None else to_numpy(ff).reshape(shape)
+    if ff_host is not None and out is not None and xp is not np:
+        _ff_buffer(out, n, shape)[...] = ff_host.reshape(-1)
+        ff_host = out
     return VolumeResult(floor, pct, n_finite, acc, medians, ff_host)
 
 
@@ -453,6 +544,7 @@ def quantify_chunked(
     config: QuantifyConfig,
     want_ff: bool = True,
     scheduler: str = "synchronous",
+    out: np.ndarray | None = None,
 ) -> VolumeResult:
     """The Dask path: the kernels of :func:`quantify_volume` applied chunk by chunk.
 
@@ -460,6 +552,8 @@ def quantify_chunked(
     Accumulators (a few hundred kB per chunk) are summed with Dask's tree reduction; the median
     and percentile refinements gather only the voxels in the needed histogram slots.  Four
     passes over the chunks: sample, tail (floor), accumulate (+ ff), median gather.
+    ``out``: optional float32 NumPy array of the volume's shape for the ff map, as in
+    :func:`quantify_volume`.
     """
     import dask
     import dask.array as da
@@ -497,7 +591,8 @@ def quantify_chunked(
             _ff_block, w, f, floor=floor, dtype=np.float32,
             meta=xp.empty((0, 0, 0), dtype=xp.float32),
         )
-        ff_out = np.empty(water.shape, dtype=np.float32)
+        n_vox = int(np.prod(water.shape))
+        ff_out = _ff_buffer(out, n_vox, water.shape).reshape(water.shape)
         if xp is not np:
             ff_arr = ff_arr.map_blocks(to_numpy, dtype=np.float32,
                                        meta=np.empty((0, 0, 0), np.float32))

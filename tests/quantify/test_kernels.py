@@ -313,12 +313,13 @@ def _large_volume(seed):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("bracket", ["sampled", "wide", "above", "below"])
+@pytest.mark.parametrize("bracket", ["sampled", "wide", "above", "below", "window_miss"])
 def test_numba_fused_pass_equals_numpy_engine(monkeypatch, threads, bracket):
     """The one-pass Numba kernel gives the NumPy kernels' numbers: with the sampled floor
     bracket; with a wide one (many voxels whose ff and muscle class the exact floor decides
     afterwards: fix-up and deferred-muscle paths); with brackets that miss the floor (tail
-    too short; floor above the bracket): the multi-pass kernel must take over."""
+    too short; floor above the bracket) or median windows that miss the medians: the
+    multi-pass kernel must take over."""
     pytest.importorskip("numba")
     from pipelines.quantify import _numba, volume
 
@@ -335,6 +336,12 @@ def test_numba_fused_pass_equals_numpy_engine(monkeypatch, threads, bracket):
         k = (1.5, 2.0) if bracket == "above" else (0.5, 0.9)
         monkeypatch.setattr(volume, "_sample_bracket",
                             lambda sample, n, q: (k[0] * ref.percentile, k[1] * ref.percentile))
+    elif bracket == "window_miss":
+        def narrow(ffs, labs, *, n_labels, nbins, fat_threshold):
+            want = np.zeros((n_labels, 2 * nbins + 1), dtype=bool)
+            want[:, 0] = True  # no median lies in the first bin
+            return want.reshape(-1)
+        monkeypatch.setattr(volume, "_median_window", narrow)
     calls = []
     fused = _numba.fused_pass
     monkeypatch.setattr(_numba, "fused_pass", lambda *a: calls.append(1) or fused(*a))
@@ -347,6 +354,49 @@ def test_numba_fused_pass_equals_numpy_engine(monkeypatch, threads, bracket):
         monkeypatch.setattr(volume, "_MIN_PART_VOXELS", 1 << 16)
     res = quantify_volume(water, fat, labels, ip, op, config=cfg)
     assert len(calls) == threads  # one part per thread
-    assert bool(multi) == (bracket in ("above", "below"))
+    assert bool(multi) == (bracket in ("above", "below", "window_miss"))
     _assert_same_volume_result(ref, res)
     assert res.acc.n_bad_label == 3
+
+
+def test_median_window_holds_the_sampled_median_and_is_narrow():
+    """The sampled window covers each well-sampled label's median slot and only a part of its
+    slots; a thinly sampled label keeps every slot."""
+    from pipelines.quantify.volume import _median_window
+
+    rng = np.random.default_rng(3)
+    nbins = 64
+    ffs = np.concatenate([rng.beta(2, 20, 5000), rng.beta(20, 5, 5000), rng.random(50)])
+    labs = np.repeat([1, 2, 3], [5000, 5000, 50])
+    want = _median_window(ffs, labs, n_labels=19, nbins=nbins, fat_threshold=0.5)
+    want = want.reshape(19, 2 * nbins + 1)
+    for lab, lo, hi in ((1, 0, 5000), (2, 5000, 10000)):
+        med = np.median(ffs[lo:hi])
+        slot = min(int(med * nbins), nbins - 1) + (nbins if med >= 0.5 else 0)
+        assert want[lab, slot]
+        assert 0 < want[lab].sum() < nbins // 2
+        assert not want[lab, 2 * nbins]  # never the low-signal slot
+    assert want[3, : 2 * nbins].all() and want[0, : 2 * nbins].all()
+
+
+def test_out_buffer_receives_the_ff_map(monkeypatch):
+    """``out=`` (like np.add's) receives the ff map in every engine; a wrong buffer is a
+    clear error."""
+    water, fat, labels, ip, op = _large_volume(5)
+    engines = ["numpy"] + (["numba"] if volume_numba_ok() else [])
+    ref = quantify_volume(water, fat, labels, config=QuantifyConfig(cpu_engine="numpy"))
+    for engine in engines:
+        out = np.full(water.shape, 7.0, dtype=np.float32)
+        res = quantify_volume(water, fat, labels, config=QuantifyConfig(cpu_engine=engine),
+                              out=out)
+        assert np.shares_memory(res.ff, out)
+        np.testing.assert_array_equal(out, ref.ff)
+    with pytest.raises(ValueError, match="out: expected a C-contiguous float32"):
+        quantify_volume(water, fat, labels, config=QuantifyConfig(cpu_engine="numpy"),
+                        out=np.empty(water.shape, dtype=np.float64))
+
+
+def volume_numba_ok() -> bool:
+    from pipelines.quantify.volume import numba_available
+
+    return numba_available()
