@@ -190,7 +190,8 @@ def stitch(
 
     Returns
     -------
-    float32 array (images) or the labels' dtype, of ``grid.shape``.
+    float32 array (images) or the labels' dtype, of ``grid.shape`` (in the memory layout of
+    the first volume, so possibly a transposed or flipped view).
     """
     if len(volumes) != len(grids) or not volumes:
         raise ValueError("stitch: need one grid per volume and at least one volume")
@@ -249,6 +250,19 @@ def _stitch_general(volumes, grids, placements, grid: Grid, *, labels: bool) -> 
     return out
 
 
+def zeros_like_layout(like: np.ndarray, shape, dtype) -> np.ndarray:
+    """Zeros of ``shape`` whose memory layout follows ``like``'s: the same order of axes by
+    stride and the same flipped axes.  Reoriented volumes are views (flipped, transposed) of
+    their file's memory order; copying between arrays laid out alike walks both straight
+    through memory, where a transposing or reversing copy is several times slower."""
+    order = sorted(range(len(shape)), key=lambda ax: -abs(like.strides[ax]))
+    out = np.zeros([shape[ax] for ax in order], dtype=dtype).transpose(np.argsort(order))
+    for ax in range(len(shape)):
+        if like.strides[ax] < 0:
+            out = np.flip(out, ax)
+    return out
+
+
 def _runs(mask: np.ndarray):
     """(start, stop) of the runs of True in a 1-D boolean array."""
     edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
@@ -261,7 +275,9 @@ def _stitch_slabs(volumes, grids, placements, grid: Grid, *, labels: bool) -> np
     so single-covered slices are copied and only overlap slices are blended."""
     nz = grid.shape[BODY_AXIS]
     dtype = np.result_type(*[v.dtype for v in volumes]) if labels else np.float32
-    out = np.zeros(grid.shape, dtype=dtype)
+    # laid out like the (first) station: each copy below runs straight through memory (and
+    # casts integers on the way); the store's chunk copies then reorder, 64^3 voxels at a time
+    out = zeros_like_layout(volumes[0], grid.shape, dtype)
     spans = []
     for vol, g, p in zip(volumes, grids, placements, strict=True):
         gk, sk = p.grid_slices[2], p.station_slices[2]

@@ -204,8 +204,9 @@ def _finish(data: np.ndarray, path: Path, labels: bool) -> np.ndarray:
         if data.size and data.max() > np.iinfo(np.int32).max:
             raise ReaderError(f"{path}: label values too large (max {data.max()})")
         return np.ascontiguousarray(data, dtype=np.int32)
-    # one pass: reoriented view -> contiguous float32
-    return np.ascontiguousarray(data, dtype=np.float32)
+    # float32 in the file's own memory order (a reoriented view when already float32): the
+    # stitching copy is the one pass that reorders voxels
+    return np.asarray(data, dtype=np.float32)
 
 
 # --------------------------------------------------------------------------------------------
@@ -843,12 +844,11 @@ def _read_dicom(p: Path, labels: bool, *, sha256: bool = False) -> Volume:
     else:
         slices = [_classic_slice(ds, f, labels) for f, ds in headers]
     slices, affine = _sort_slices(slices, p)
-    data = None if labels else _fill_ras(slices, _LPS_TO_RAS @ affine)
-    if data is None:
-        data, affine = reorient_to_ras(_stack(slices), _LPS_TO_RAS @ affine, copy=False)
+    data, affine = reorient_to_ras(_stack(slices, labels), _LPS_TO_RAS @ affine, copy=False)
+    if labels:
         data = _finish(data, p, labels)
-    else:
-        data, affine = data
+    # images stay a reoriented view of the slice-major stack: the stitching copy is the one
+    # pass over them, and it runs straight along this memory order
     log.debug("%s: DICOM series of %d slices -> %s", p, len(slices), data.shape)
     maps = [] if labels else [s.value_map for s in slices]
     maps = () if None in maps else tuple(dict.fromkeys(maps))
@@ -958,24 +958,36 @@ def _sort_slices(slices: list[_Slice], path: Path) -> tuple[list[_Slice], np.nda
     return slices, affine
 
 
-def _stack(slices: list[_Slice]) -> np.ndarray:
+def _stack(slices: list[_Slice], labels: bool = False) -> np.ndarray:
     """The sorted slices' mapped values as a volume (axes: column, row, slice; a strided
-    view of a slice-major stack)."""
+    view of a slice-major stack): float32 for images, float64 for labels.
+
+    Images with 8- or 16-bit integer pixels are mapped through a lookup table
+    (:func:`_value_lut`) written straight into the stack, instead of a float64 pass per slice:
+    the same values bit for bit."""
     first = slices[0]
+    size = (first.rows, first.cols)
     stack = None
+    luts: dict = {}
     for k, s in enumerate(slices):
-        vals = s.values()
-        if vals.shape != (first.rows, first.cols):
-            raise ReaderError(f"{s.where}: decoded shape {vals.shape} != {first.rows}x{first.cols}")
+        arr = s.raw() if not labels and s.raw is not None and s.value_map is not None else None
+        lut = None
+        if arr is not None:
+            key = (arr.dtype.str, s.value_map)
+            if key not in luts:
+                luts[key] = _value_lut(arr.dtype, s.value_map)
+            lut = luts[key]
+        vals = arr if lut is not None else s.values()
+        if vals.shape != size:
+            raise ReaderError(f"{s.where}: decoded shape {vals.shape} != {size[0]}x{size[1]}")
         if stack is None:  # dtype of the mapped values (float32 images, float64 labels)
-            stack = np.empty((len(slices), first.rows, first.cols), dtype=vals.dtype)
-        stack[k] = vals  # contiguous writes; the one reorienting copy comes later
+            dtype = np.float32 if lut is not None else vals.dtype
+            stack = np.empty((len(slices), *size), dtype=dtype)
+        if lut is not None:
+            np.take(lut, arr.view(f"u{arr.dtype.itemsize}"), out=stack[k], mode="clip")
+        else:
+            stack[k] = vals  # contiguous writes
     return stack.transpose(2, 1, 0)
-
-
-#: Slices mapped per block before the block is copied to its place in the RAS volume: the
-#: block's transposing copy then writes runs of this many voxels, not single voxels.
-_FILL_BLOCK = 16
 
 
 def _value_lut(dtype: np.dtype, value_map: tuple[float, float]) -> np.ndarray | None:
@@ -987,59 +999,3 @@ def _value_lut(dtype: np.dtype, value_map: tuple[float, float]) -> np.ndarray | 
         return None
     q = np.arange(1 << (8 * dtype.itemsize), dtype=f"u{dtype.itemsize}").view(dtype)
     return _apply_map(q, *value_map, False)
-
-
-def _fill_ras(slices: list[_Slice], affine: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """The sorted slices' float32 values written straight into a C-ordered volume in RAS+
-    orientation, and its RAS+ affine; equal, voxel for voxel, to stacking ``values()`` and
-    reorienting (:func:`reorient_to_ras`), without the intermediate stack.  Integer pixels
-    go through a lookup table (:func:`_value_lut`) instead of a float64 pass.  None when the
-    orientation's views cannot be matched (then the caller stacks)."""
-    from nibabel.orientations import (
-        apply_orientation,
-        axcodes2ornt,
-        inv_ornt_aff,
-        io_orientation,
-        ornt_transform,
-    )
-
-    first = slices[0]
-    shape = (first.cols, first.rows, len(slices))
-    ornt = io_orientation(affine)
-    ras = axcodes2ornt(("R", "A", "S"))
-    xform = ornt_transform(ornt, ras)
-    base = np.lib.stride_tricks.as_strided(np.zeros(1, np.float32), shape, (0, 0, 0))
-    out = np.empty(apply_orientation(base, xform).shape, dtype=np.float32)
-    # the view of `out` in the slices' axes (column, row, slice), and a check that
-    # reorienting it gives back exactly `out`'s memory layout
-    view = apply_orientation(out, ornt_transform(ras, ornt))
-    back = apply_orientation(view, xform)
-    if view.shape != shape or back.strides != out.strides \
-            or back.__array_interface__["data"][0] != out.__array_interface__["data"][0]:
-        return None
-    dest = view.transpose(2, 1, 0)  # (slice, row, column)
-    luts: dict = {}
-    size = (first.rows, first.cols)
-    block = np.empty((min(_FILL_BLOCK, len(slices)), *size), dtype=np.float32)
-    for k0 in range(0, len(slices), _FILL_BLOCK):
-        part = slices[k0:k0 + _FILL_BLOCK]
-        for j, s in enumerate(part):
-            arr = s.raw() if s.raw is not None and s.value_map is not None else None
-            lut = None
-            if arr is not None:
-                key = (arr.dtype.str, s.value_map)
-                if key not in luts:
-                    luts[key] = _value_lut(arr.dtype, s.value_map)
-                lut = luts[key]
-            vals = arr if lut is not None else s.values()
-            if vals.shape != size:
-                raise ReaderError(f"{s.where}: decoded shape {vals.shape} != {size[0]}x{size[1]}")
-            if lut is not None:
-                np.take(lut, arr.view(f"u{arr.dtype.itemsize}"), out=block[j], mode="clip")
-            else:
-                block[j] = vals
-        dest[k0:k0 + len(part)] = block[:len(part)]
-    affine = np.asarray(affine, dtype=np.float64)
-    if np.array_equal(xform, [[0, 1], [1, 1], [2, 1]]):  # as reorient_to_ras: no product
-        return out, affine
-    return out, affine @ inv_ornt_aff(xform, shape)

@@ -5,8 +5,8 @@
   pydicom and pydicom-data test file: where the fast path is taken, pixels (dtype included)
   and every header value it reads equal pydicom's; compressed, big-endian, enhanced and
   truncated files are left to pydicom.
-* Integer pixels are mapped to float32 by a lookup table straight into the RAS volume: equal,
-  bit for bit, to the float64 rescale and stacking of the general path.
+* Integer pixels are mapped to float32 by a lookup table straight into the slice stack: equal,
+  bit for bit, to the float64 rescale of the general path.
 * NIfTI: ``.nii.gz`` inflated in one call, unscaled integers kept through stitching: equal to
   ``nib.load``'s path.
 * Hashes computed from the bytes the readers parse equal :func:`hash_source`.
@@ -128,17 +128,16 @@ def _rewrite_signed_12bit(files: list[Path], rng) -> None:
     np.array([[0, 0, 3.0, 1], [1.5, 0, 0, 2], [0, 1.25, 0, 3], [0, 0, 0, 1]]),  # sagittal
     np.array([[-1.5, 0, 0, 1], [0, 0, 3.0, 2], [0, -1.25, 0, 3], [0, 0, 0, 1]]),  # coronal
 ])
-def test_dicom_fast_fill_equals_general_path(tmp_path, monkeypatch, axcodes_affine):
+def test_dicom_fast_path_and_lookup_table_equal_general_path(tmp_path, monkeypatch, axcodes_affine):
     data = np.round(smooth_volume((12, 10, 9)))
     files = write_dicom_series(tmp_path / "s", data, axcodes_affine, slope=0.5, intercept=-10.0)
     _rewrite_signed_12bit(files, np.random.default_rng(1))
     fast = read_volume(tmp_path / "s")
     with monkeypatch.context() as m:
         _general_path(m)
-        m.setattr(readers, "_fill_ras", lambda slices, affine: None)  # stack, then reorient
+        m.setattr(readers, "_value_lut", lambda dtype, value_map: None)  # float64 rescale
         general = read_volume(tmp_path / "s")
     assert fast.data.dtype == general.data.dtype == np.float32
-    assert fast.data.flags.c_contiguous
     np.testing.assert_array_equal(fast.data.view(np.uint32), general.data.view(np.uint32))
     np.testing.assert_array_equal(fast.affine, general.affine)
     assert fast.value_maps == general.value_maps and len(fast.value_maps) == 3
@@ -149,7 +148,7 @@ def test_dicom_single_files_fast_equals_general(monkeypatch, name):
     fast = read_volume(PYDICOM_FILES / name)
     with monkeypatch.context() as m:
         _general_path(m)
-        m.setattr(readers, "_fill_ras", lambda slices, affine: None)
+        m.setattr(readers, "_value_lut", lambda dtype, value_map: None)
         general = read_volume(PYDICOM_FILES / name)
     np.testing.assert_array_equal(fast.data.view(np.uint32), general.data.view(np.uint32))
     np.testing.assert_array_equal(fast.affine, general.affine)
@@ -260,6 +259,12 @@ def test_stitch_of_integer_volumes_equals_float32(tmp_path):
     ints = stitch(vols, grids, grid)
     floats = stitch([v.astype(np.float32) for v in vols], grids, grid)
     np.testing.assert_array_equal(ints.view(np.uint32), floats.view(np.uint32))
+    # stations that are flipped Fortran-order views (a reoriented NIfTI): same values, and
+    # the output is laid out like them
+    views = [np.asfortranarray(v[::-1, :, ::-1])[::-1, :, ::-1] for v in vols]
+    flipped = stitch(views, grids, grid)
+    assert flipped.strides[0] < 0 and abs(flipped.strides[0]) < abs(flipped.strides[2])
+    np.testing.assert_array_equal(flipped.view(np.uint32), floats.view(np.uint32))
     # a station off the lattice: resampled (interpolated as float32)
     odd = [*grids[:2], Grid(shape, affine_ras((1.0, 1.0, 2.0), (0.3, 0.0, 32.0)))]
     grid = common_grid(odd)
