@@ -292,7 +292,7 @@ def _write_shards(path: Path, data: np.ndarray, chunks, shards) -> None:
     from numcodecs import Blosc
 
     codec = Blosc(cname="zstd", clevel=1, shuffle=Blosc.BITSHUFFLE, blocksize=_BLOSC_BLOCKSIZE)
-    data = np.ascontiguousarray(data, dtype=data.dtype.newbyteorder("<"))
+    data = np.asarray(data, dtype=data.dtype.newbyteorder("<"))
     bits = data.view(f"<u{data.dtype.itemsize}")
     per = tuple(sh // c for sh, c in zip(shards, chunks, strict=True))
     n_shards = tuple(-(-s // sh) for s, sh in zip(data.shape, shards, strict=True))
