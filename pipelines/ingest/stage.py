@@ -328,8 +328,10 @@ def ingest_participant(
                     arr, maps = _stitch_channel(
                         images, ch, grid, water_grids, config, reads.pop(ch), sources)
                     writer.check(ch, arr)
-                    if pending:  # at most one channel waiting to be written
-                        pending.pop().result()
+                    # at most two channels queued for the writer (one being written), so the
+                    # main thread goes on to queue the next reads instead of waiting
+                    if len(pending) >= 2:
+                        pending.pop(0).result()
                     maps = maps if config.integer_storage and ch != LABELS_ARRAY else ()
                     pending.append(pool.submit(writer.add, ch, arr, value_maps=maps))
                     del arr
