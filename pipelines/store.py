@@ -413,9 +413,17 @@ def quantise_exact(data: np.ndarray, value_maps, *, x_block: int = 16):
     maps = maps[:_MAX_VALUE_MAPS]
     if not maps:
         return None
-    data = np.ascontiguousarray(data)
+    orig = data
+    # Work in the array's own memory order (the stitched arrays of ingest are views laid out
+    # like their sources): x and y flips are undone (the test is per z-slice, so their order
+    # does not matter; q is flipped back at the end) and blocks are cut along the slower of x
+    # and z, so every pass runs straight through memory.
+    flips = tuple(ax for ax in (0, 1) if data.strides[ax] < 0)
+    if flips:
+        data = np.flip(data, flips)
     nx, ny, nz = data.shape
     bits = data.view(np.uint32)
+    axis = 2 if abs(data.strides[2]) > abs(data.strides[0]) else 0
     # per slice: the first pair exact on a sparse sample (cheap), verified below on every voxel
     sample = data[::7, ::7, :]
     choice = np.full(nz, -1, dtype=np.int64)
@@ -433,26 +441,28 @@ def quantise_exact(data: np.ndarray, value_maps, *, x_block: int = 16):
     inters = np.array([maps[m][1] if m >= 0 else 0.0 for m in choice])
     inters32, inv_slopes32 = inters.astype(np.float32), (1.0 / slopes).astype(np.float32)
     identity = bool(np.all(slopes == 1.0) and np.all(inters == 0.0))
-    q32 = np.empty(data.shape, dtype=np.int32)
+    q32 = np.empty_like(data, dtype=np.int32)  # laid out like data (positive strides)
     bad = choice < 0
-    for i in range(0, nx, x_block):  # x-blocks: contiguous, cache-sized temporaries
-        src = data[i:i + x_block]
+    for i in range(0, data.shape[axis], x_block):  # cache-sized temporaries
+        cut = slice(i, i + x_block)
+        box = (cut, slice(None), slice(None)) if axis == 0 else (slice(None), slice(None), cut)
+        zs = cut if axis == 2 else slice(None)  # the z-slices of this block
+        src = data[box]
+        qb = q32[box]
         if identity:  # integers stored as float32: int32 and back is the whole test
-            qb = q32[i:i + x_block]
             with np.errstate(invalid="ignore"):  # garbage when not an integer: caught below
                 np.copyto(qb, src, casting="unsafe")
-            same = qb.astype(np.float32).view(np.uint32) == bits[i:i + x_block]
+            same = qb.astype(np.float32).view(np.uint32) == bits[box]
         else:
             # q in float32 arithmetic: exact enough to round to the right integer for the
             # usual |q| < 2**21; a wrong q (or one out of int32 range) fails the test below
-            blk = src - inters32
-            blk *= inv_slopes32
+            blk = src - inters32[zs]
+            blk *= inv_slopes32[zs]
             np.rint(blk, out=blk)
             np.clip(blk, -2.0**31, 2.0**31 - 128, out=blk)
-            qb = q32[i:i + x_block]
             np.copyto(qb, blk, casting="unsafe")
-            same = _decode_slab(qb, slopes, inters).view(np.uint32) == bits[i:i + x_block]
-        bad |= ~np.all(same, axis=(0, 1))
+            same = _decode_slab(qb, slopes[zs], inters[zs]).view(np.uint32) == bits[box]
+        bad[zs] |= ~np.all(same, axis=(0, 1))
     for k in np.flatnonzero(bad & (choice >= 0)):  # sample was lucky: try the other pairs
         col = data[:, :, k]
         choice[k] = -1
@@ -470,13 +480,15 @@ def quantise_exact(data: np.ndarray, value_maps, *, x_block: int = 16):
     qdtype = next(t for t in _Q_DTYPES if np.iinfo(t).min <= lo and hi <= np.iinfo(t).max)
     q = q32.astype(qdtype, copy=False)
     del q32
+    if flips:
+        q = np.flip(q, flips)
     meta = {
         "kind": "scaled_integer",
         "dtype": "float32",
         "maps": [[s, c] for s, c in maps],
         "map_index": [int(m) for m in choice],
     }
-    floats = np.ascontiguousarray(data[:, :, floats_idx]) if floats_idx.size else None
+    floats = np.ascontiguousarray(orig[:, :, floats_idx]) if floats_idx.size else None
     # Bit-exactness was checked above on every voxel of every integer slice, with the very
     # decoding arithmetic of read_array/open_array (_decode_slab of the int32 q; the narrowing
     # cast is exact by the range check); float slices are copied.
