@@ -17,7 +17,7 @@ import logging
 import struct
 import warnings
 from collections.abc import Callable, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -807,7 +807,8 @@ def _read_dicom(p: Path, labels: bool, *, sha256: bool = False) -> Volume:
     digest, unread = hashlib.sha256(), False
     # the SHA-256 of the files (in name order) is updated in a helper thread from the bytes
     # parsed here (hashlib releases the GIL), so hashing overlaps parsing
-    with ThreadPoolExecutor(1, thread_name_prefix="dicom-hash") as hasher:
+    with ThreadPoolExecutor(1, thread_name_prefix="dicom-hash") if sha256 \
+            else nullcontext() as hasher:
         for f in files:
             # each file is read once; pydicom reads it (again) only off the fast path
             buf = _read_bytes(f)
@@ -866,13 +867,6 @@ def _read_bytes(f: Path) -> bytes | None:
             return fh.read()
     except OSError:
         return None
-
-
-def assemble_slices(slices: list[_Slice], path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Stack 2-D slices into a volume (axes: column, row, slice; a strided view) and its LPS
-    affine."""
-    slices, affine = _sort_slices(slices, path)
-    return _stack(slices), affine
 
 
 def _sort_slices(slices: list[_Slice], path: Path) -> tuple[list[_Slice], np.ndarray]:
