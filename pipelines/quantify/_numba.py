@@ -266,39 +266,53 @@ def _fused_block(ww, fs, ll, ip, op, has_ipop, want_ff, out, pos0, t32, th32, fl
     for j0 in range(0, ww.size, 256):
         rw = ww[j0:j0 + 256]
         rf = fs[j0:j0 + 256]
-        nt = 0
-        nar = 0
-        nu = 0
-        nfr = 0
+        # flags OR-ed over the run (cheap to vectorise, unlike counts): a non-finite voxel,
+        # a voxel at or above the percentile's bracket, a voxel the floor decides; the few
+        # runs that raise one are then counted / gathered exactly (L1-hot)
+        bad = False
+        hi = False
+        nu = False
         if want_ff:
             ro = out[j0:j0 + 256]
             for i in range(rw.size):
                 s = rw[i] + rf[i]
-                nfr += np.isfinite(s)
-                nt += (s >= t32) & (s < th32)
-                nar += s >= th32
-                nu += (s >= flo32) & (s < fhi32)
+                bad |= ~np.isfinite(s)
+                hi |= s >= t32
+                nu |= (s >= flo32) & (s < fhi32)
                 v = rf[i] / s  # error_model="numpy": x/0 is inf/nan like NumPy, no branch
                 ro[i] = nan if s < flo32 else v
         else:
             for i in range(rw.size):
                 s = rw[i] + rf[i]
-                nfr += np.isfinite(s)
-                nt += (s >= t32) & (s < th32)
-                nar += s >= th32
+                bad |= ~np.isfinite(s)
+                hi |= s >= t32
+        nfr = rw.size
+        if bad:
+            for i in range(rw.size):
+                nfr -= ~np.isfinite(rw[i] + rf[i])
         nf += nfr
-        na += nar
         rl = ll[j0:j0 + 256]
         nl = 0
         for i in range(rl.size):
             nl += rl[i] != 0
         runhas[j0 >> 8] = nl > 0
-        if nt > 0:
-            for i in range(rw.size):
-                s = rw[i] + rf[i]
-                tail[nt_all] = np.float64(rw[i]) + np.float64(rf[i])
-                nt_all += (s >= t32) & (s < th32)
-        if want_ff and nu > 0:  # sub-runs, not each voxel: fix_ff re-checks them
+        if hi:  # per 32 voxels: count those above the bracket, gather those inside it
+            for q0 in range(0, rw.size, 32):
+                qw = rw[q0:q0 + 32]
+                qf = rf[q0:q0 + 32]
+                nq = 0
+                nab = 0
+                for i in range(qw.size):
+                    s = qw[i] + qf[i]
+                    nq += (s >= t32) & (s < th32)
+                    nab += s >= th32
+                na += nab
+                if nq > 0:
+                    for i in range(qw.size):
+                        s = qw[i] + qf[i]
+                        tail[nt_all] = np.float64(qw[i]) + np.float64(qf[i])
+                        nt_all += (s >= t32) & (s < th32)
+        if want_ff and nu:  # sub-runs, not each voxel: fix_ff re-checks them
             for q0 in range(0, rw.size, FIX_RUN):
                 qw = rw[q0:q0 + FIX_RUN]
                 qf = rf[q0:q0 + FIX_RUN]
