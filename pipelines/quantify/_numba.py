@@ -292,22 +292,22 @@ def _fused_block(ww, fs, ll, ip, op, has_ipop, want_ff, out, pos0, t32, th32, fl
                 nfr -= ~np.isfinite(rw[i] + rf[i])
         nf += nfr
         rl = ll[j0:j0 + 256]
-        nl = 0
+        nl = False
         for i in range(rl.size):
-            nl += rl[i] != 0
-        runhas[j0 >> 8] = nl > 0
+            nl |= rl[i] != 0
+        runhas[j0 >> 8] = nl
         if hi:  # per 32 voxels: count those above the bracket, gather those inside it
             for q0 in range(0, rw.size, 32):
                 qw = rw[q0:q0 + 32]
                 qf = rf[q0:q0 + 32]
-                nq = 0
+                nq = False
                 nab = 0
                 for i in range(qw.size):
                     s = qw[i] + qf[i]
-                    nq += (s >= t32) & (s < th32)
+                    nq |= (s >= t32) & (s < th32)
                     nab += s >= th32
                 na += nab
-                if nq > 0:
+                if nq:
                     for i in range(qw.size):
                         s = qw[i] + qf[i]
                         tail[nt_all] = np.float64(qw[i]) + np.float64(qf[i])
@@ -316,12 +316,12 @@ def _fused_block(ww, fs, ll, ip, op, has_ipop, want_ff, out, pos0, t32, th32, fl
             for q0 in range(0, rw.size, FIX_RUN):
                 qw = rw[q0:q0 + FIX_RUN]
                 qf = rf[q0:q0 + FIX_RUN]
-                nq = 0
+                nq = False
                 for i in range(qw.size):
                     s = qw[i] + qf[i]
-                    nq += (s >= flo32) & (s < fhi32)
+                    nq |= (s >= flo32) & (s < fhi32)
                 unc[nu_all] = pos0 + j0 + q0
-                nu_all += nq > 0
+                nu_all += nq
     # The muscle voxels, one segment of equal label value at a time (muscles are contiguous
     # along the fastest axis: a segment is typically tens of voxels): a vectorised loop
     # classifies the segment's voxels and sums them (_segment), a short scalar loop then

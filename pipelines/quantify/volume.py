@@ -137,8 +137,18 @@ def _sample_bracket(sample: np.ndarray, n_total: int, q: float) -> tuple[float, 
     # one partition
     k_lo = int(math.floor((p - margin) * (m - 1)))
     k_hi = min(m - 1, int(math.ceil((p + margin) * (m - 1))))
-    part = np.partition(sample, [k_lo, k_hi])
-    t_lo, t_hi = float(part[k_lo]), float(part[k_hi])
+    # the ranks sit in the sample's upper tail: a sub-sample gives a value below them, and only
+    # the values above it are partitioned (the whole sample when that value is not low enough)
+    sub = sample[:: 16]
+    j = int(math.floor(max(0.0, p - 4.0 * margin - 0.02) * (sub.size - 1)))
+    top = sample[sample >= np.partition(sub, j)[j]]
+    below = m - top.size
+    if below <= k_lo:
+        part = np.partition(top, [k_lo - below, k_hi - below])
+        t_lo, t_hi = float(part[k_lo - below]), float(part[k_hi - below])
+    else:
+        part = np.partition(sample, [k_lo, k_hi])
+        t_lo, t_hi = float(part[k_lo]), float(part[k_hi])
     return (t_lo, t_hi) if math.isfinite(t_lo) and math.isfinite(t_hi) else None
 
 

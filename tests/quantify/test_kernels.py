@@ -400,3 +400,24 @@ def volume_numba_ok() -> bool:
     from pipelines.quantify.volume import numba_available
 
     return numba_available()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_sample_bracket_equals_full_partition(seed):
+    """The bracket picked from the sample's upper tail equals the order statistics of a full
+    partition, ties and a tail that the sub-sample misjudges included."""
+    from pipelines.quantify.volume import _sample_bracket
+
+    rng = np.random.default_rng(seed)
+    m = 50_000
+    sample = np.round(rng.gamma(2.0, 10.0, m), 1 if seed % 2 else 3)  # many ties when coarse
+    if seed == 4:  # the sub-sample sees only huge values: its threshold is too high
+        sample[::16] = 1e9
+    elif seed == 5:  # ... only tiny ones: every value is partitioned
+        sample[::16] = -1.0
+    lo, hi = _sample_bracket(sample, 10 * m, 99.0)
+    p, margin = 0.99, 8.0 * math.sqrt(0.99 * 0.01 / m) + 8.0 / m
+    k_lo = int(math.floor((p - margin) * (m - 1)))
+    k_hi = min(m - 1, int(math.ceil((p + margin) * (m - 1))))
+    full = np.sort(sample)
+    assert (lo, hi) == (full[k_lo], full[k_hi])
