@@ -203,7 +203,7 @@ def _quantify_volume_fused(w, f, lab, ip, op, *, config: QuantifyConfig, want_ff
     None when a sampled bracket or window is unavailable or turns out wrong (the caller then
     runs the multi-pass kernel): correctness never depends on the sample."""
     n = w.size
-    blk = 1 << 14
+    blk = 1 << 16  # voxels per block of the pass (larger blocks: less per-block overhead)
     threads = min(_threads(config), max(1, n // _MIN_PART_VOXELS))
     size = -(-n // threads)
     size = -(-size // blk) * blk
