@@ -152,7 +152,11 @@ def test_participant_that_kills_every_worker_fails_alone(tmp_path):
     from distributed import LocalCluster
 
     items = [f"P{i}" for i in range(5)]
-    with dask.config.set({"distributed.scheduler.allowed-failures": 1}):
+    # worker-saturation 1.0: no second task waits on a worker behind the one running; with
+    # Dask's default (1.1, i.e. two per one-thread worker) an innocent participant queued
+    # behind P2 on both workers P2 kills counts as suspicious twice and fails too
+    with dask.config.set({"distributed.scheduler.allowed-failures": 1,
+                          "distributed.scheduler.worker-saturation": 1.0}):
         with LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0",
                           host="127.0.0.1") as cluster, Client(cluster) as client:
             out = map_participants(sched_fns.kill_own_worker_for, items, stage="segment",
