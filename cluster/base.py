@@ -101,6 +101,35 @@ def close_quietly(*objs: object) -> None:
             log.debug("closing %r failed", obj, exc_info=True)
 
 
+#: Scheduler settings of every cluster we start.  ``worker-saturation`` 1.0: a worker holds
+#: only as many participants as it has threads.  With Dask's default (1.1: two on a one-thread
+#: worker) a participant waits on the worker behind the running one; when the running one
+#: kills the worker (out of memory, a crash in native code) the waiting one is counted as
+#: suspicious too, and after ``allowed-failures`` such deaths an innocent participant fails
+#: with KilledWorker.  Participants take seconds, so holding none in reserve costs nothing.
+SCHEDULER_CONFIG: dict[str, object] = {"distributed.scheduler.worker-saturation": 1.0}
+
+
+def scheduler_env() -> list[dict[str, str]]:
+    """:data:`SCHEDULER_CONFIG` as environment variables for a scheduler started elsewhere
+    (the Kubernetes scheduler pod)."""
+    out = []
+    for key, value in SCHEDULER_CONFIG.items():
+        name = "DASK_" + "__".join(part.upper().replace("-", "_") for part in key.split("."))
+        out.append({"name": name, "value": str(value)})
+    return out
+
+
+@contextmanager
+def scheduler_config() -> Iterator[None]:
+    """Apply :data:`SCHEDULER_CONFIG` while a scheduler is created in this process (it reads
+    the settings when it starts)."""
+    import dask
+
+    with dask.config.set(SCHEDULER_CONFIG):
+        yield
+
+
 def serve_in_process_cluster(make_cluster, kwargs: dict, profile) -> Iterator:
     """Start a cluster that lives in this process (``LocalCluster``, ``LocalCUDACluster``) with
     the profile's TLS, yield a client, and close both quietly (busy workers are killed on
@@ -112,7 +141,8 @@ def serve_in_process_cluster(make_cluster, kwargs: dict, profile) -> Iterator:
     security = make_security(profile)
     if security is not None:
         kwargs = {**kwargs, "security": security, "protocol": "tls://"}
-    cluster = make_cluster(**kwargs)
+    with scheduler_config():
+        cluster = make_cluster(**kwargs)
     client = None
     try:
         client = Client(cluster, security=security)

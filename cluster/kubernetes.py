@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from cluster.base import ClusterBackend, ClusterUnavailable, close_quietly
+from cluster.base import ClusterBackend, ClusterUnavailable, close_quietly, scheduler_env
 from cluster.security import make_security
 
 if TYPE_CHECKING:
@@ -91,6 +91,7 @@ class KubernetesBackend(ClusterBackend):
             if k.tolerations:
                 pod["tolerations"] = [dict(t) for t in k.tolerations]
         scheduler = scheduler_pod["containers"][0]
+        scheduler["env"] = [*(scheduler.get("env") or []), *scheduler_env()]
         dash_host = self.profile.dashboard_address.rsplit(":", 1)[0] or "127.0.0.1"
         scheduler["args"] = [*scheduler["args"], "--dashboard-address",
                              f"{dash_host}:8787"]

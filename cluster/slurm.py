@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from cluster.base import ClusterBackend, ClusterUnavailable, close_quietly
+from cluster.base import ClusterBackend, ClusterUnavailable, close_quietly, scheduler_config
 from cluster.security import make_security
 
 if TYPE_CHECKING:
@@ -136,7 +136,8 @@ class SlurmBackend(ClusterBackend):
             os.chmod(tmp, 0o700)
             kwargs.update(security=security, protocol="tls://", shared_temp_directory=str(tmp))
         scheduler_options = {"dashboard_address": self.profile.dashboard_address}
-        cluster = SLURMCluster(scheduler_options=scheduler_options, **kwargs)
+        with scheduler_config():  # (the scheduler runs in this process)
+            cluster = SLURMCluster(scheduler_options=scheduler_options, **kwargs)
         client = None
         try:
             workers_per_job = max(1, o.gpus_per_job or o.processes)

@@ -221,6 +221,18 @@ def test_kubernetes_manifest_tls_secret_and_localhost_dashboard():
     assert "nvidia.com/gpu" not in cpu["resources"]["limits"] and "cuda" not in cpu["args"]
 
 
+def test_kubernetes_scheduler_holds_one_participant_per_worker_thread():
+    """The scheduler pod gets worker-saturation 1.0 (see cluster.base.SCHEDULER_CONFIG), as
+    an environment variable Dask's config reads back to the same setting."""
+    import dask
+
+    env = {e["name"]: e["value"]
+           for e in k8s_manifest()["spec"]["scheduler"]["spec"]["containers"][0]["env"]}
+    value = env["DASK_DISTRIBUTED__SCHEDULER__WORKER_SATURATION"]
+    got = dask.config.collect_env({"DASK_DISTRIBUTED__SCHEDULER__WORKER_SATURATION": value})
+    assert dask.config.get("distributed.scheduler.worker-saturation", config=got) == 1.0
+
+
 def test_kubernetes_temporary_tls_secret_manifest():
     from distributed.security import Security
 
@@ -267,6 +279,9 @@ def test_local_cluster_tls_and_localhost_dashboard():
         with urllib.request.urlopen(link.replace("/status", "/health"), timeout=10) as r:
             assert r.status == 200
         assert client.submit(sum, [1, 2]).result() == 3
+        # one participant per worker thread, none waiting on a worker behind it
+        assert client.run_on_scheduler(
+            lambda dask_scheduler: dask_scheduler.WORKER_SATURATION) == 1.0
 
 
 def test_tcp_backend_connects_to_existing_scheduler():
