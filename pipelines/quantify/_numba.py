@@ -216,9 +216,7 @@ def _segment(ws, fs, kk, vv, flo, fhi, fat_threshold, nbins, swap_ff):  # pragma
         ffv = fv / s
         ffc = ffv if valid else 0.0
         is_fat = ffc >= fat_threshold
-        bb = np.int64(ffc * nbins)  # truncation, as NumPy's astype(intp)
-        bb = min(max(bb, 0), nbins - 1) + (nbins if is_fat else 0)
-        kk[t] = bb if valid else (low_slot if low else -1)
+        kk[t] = _slot(ffc, fat_threshold, nbins) if valid else (low_slot if low else -1)
         vv[t] = ffv
         fat += ffc if is_fat else 0.0
         lean += 0.0 if is_fat else ffc
@@ -495,24 +493,6 @@ def deferred_muscles(w, f, lab, ip, op, has_ipop, pos, floor, fat_threshold, nbi
         else:
             c[lm * n_slots + n_slots - 1] += 1
     return c, sm, sw, ex, mval[:nm], mkey[:nm]
-
-
-@nb.njit(**_JIT)
-def select_values(mval, mkey, wanted, total):  # pragma: no cover - compiled
-    """(keys, ff) of the entries of :func:`fused_pass` whose key is wanted; ``total`` is their
-    number, known from the histogram."""
-    keys = np.empty(total, dtype=np.int64)
-    vals = np.empty(total, dtype=np.float64)
-    p = 0
-    for j in range(mkey.size):
-        key = mkey[j]
-        if wanted[key]:
-            if p >= total:
-                raise RuntimeError("median candidates: more voxels than the histogram counted")
-            keys[p] = key
-            vals[p] = mval[j]
-            p += 1
-    return keys[:p], vals[:p]
 
 
 @nb.njit(**_JIT)

@@ -186,6 +186,12 @@ def signal_tail(water, fat, threshold: float) -> tuple[int, np.ndarray]:
     return n_finite, to_numpy(tail)
 
 
+def sample_margin(p: float, m: int) -> float:
+    """8 binomial standard deviations (plus 8 ranks) of the fraction of ``m`` sampled values
+    below the ``p``-quantile (0-1): how far from ``p`` a safe bound's rank must lie."""
+    return 8.0 * math.sqrt(max(p * (1.0 - p), 1.0 / m) / m) + 8.0 / m
+
+
 def candidate_threshold(sample: np.ndarray, n_total: int, q: float) -> float:
     """A value ``t`` that, with overwhelming probability, lies below the ``q``-th percentile
     (0-100) of the whole volume, chosen from a strided sample so that only about
@@ -197,7 +203,7 @@ def candidate_threshold(sample: np.ndarray, n_total: int, q: float) -> float:
     if m < 1000 or m >= n_total:
         return -math.inf
     p = q / 100.0
-    level = p - 8.0 * math.sqrt(max(p * (1.0 - p), 1.0 / m) / m) - 8.0 / m
+    level = p - sample_margin(p, m)
     if level <= 0.0:
         return -math.inf
     k = int(math.floor(level * (m - 1)))

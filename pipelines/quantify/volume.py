@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -33,6 +34,7 @@ from pipelines.quantify.kernels import (
     median_targets,
     muscle_voxels,
     percentile_from_tail,
+    sample_margin,
     select_keys,
     signal_sample,
     signal_tail,
@@ -130,7 +132,7 @@ def _sample_bracket(sample: np.ndarray, n_total: int, q: float) -> tuple[float, 
     if m < 1000 or m >= n_total:
         return None
     p = q / 100.0
-    margin = 8.0 * math.sqrt(max(p * (1.0 - p), 1.0 / m) / m) + 8.0 / m
+    margin = sample_margin(p, m)
     if not (0.0 < p - margin and p + margin < 1.0):
         return None
     # the same ranks as candidate_threshold (below) and its mirror image (above), picked in
@@ -208,15 +210,14 @@ def _quantify_volume_fused(w, f, lab, ip, op, *, config: QuantifyConfig, want_ff
     size = -(-n // threads)
     size = -(-size // blk) * blk
     parts = [(a, min(a + size, n)) for a in range(0, n, size)]
+    run = partial(_fused, w, f, lab, ip, op, config=config, want_ff=want_ff, shape=shape,
+                  step=step, out=out, parts=parts, blk=blk)
     if len(parts) == 1:
-        return _fused(w, f, lab, ip, op, config=config, want_ff=want_ff, shape=shape,
-                      step=step, out=out, parts=parts, blk=blk, pmap=lambda fn, xs: list(map(fn, xs)))
+        return run(pmap=lambda fn, xs: list(map(fn, xs)))
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(len(parts)) as pool:
-        return _fused(w, f, lab, ip, op, config=config, want_ff=want_ff, shape=shape,
-                      step=step, out=out, parts=parts, blk=blk,
-                      pmap=lambda fn, xs: list(pool.map(fn, xs)))
+        return run(pmap=lambda fn, xs: list(pool.map(fn, xs)))
 
 
 def _fused(w, f, lab, ip, op, *, config: QuantifyConfig, want_ff: bool, shape, step: int,

@@ -383,7 +383,9 @@ def test_out_buffer_receives_the_ff_map(monkeypatch):
     """``out=`` (like np.add's) receives the ff map in every engine; a wrong buffer is a
     clear error."""
     water, fat, labels, ip, op = _large_volume(5)
-    engines = ["numpy"] + (["numba"] if volume_numba_ok() else [])
+    from pipelines.quantify.volume import numba_available
+
+    engines = ["numpy"] + (["numba"] if numba_available() else [])
     ref = quantify_volume(water, fat, labels, config=QuantifyConfig(cpu_engine="numpy"))
     for engine in engines:
         out = np.full(water.shape, 7.0, dtype=np.float32)
@@ -395,11 +397,6 @@ def test_out_buffer_receives_the_ff_map(monkeypatch):
         quantify_volume(water, fat, labels, config=QuantifyConfig(cpu_engine="numpy"),
                         out=np.empty(water.shape, dtype=np.float64))
 
-
-def volume_numba_ok() -> bool:
-    from pipelines.quantify.volume import numba_available
-
-    return numba_available()
 
 
 @pytest.mark.parametrize("seed", range(6))
