@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import gzip
 import logging
 from pathlib import Path
 
 import numpy as np
 
 from pipelines import store as zstore
+from pipelines._io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +29,7 @@ def export_nifti(store: str | Path, participant_id: str, name: str, out: str | P
         when ``out`` does not end in ``.nii`` or ``.nii.gz``.
     """
     import nibabel as nib
+    from nibabel.openers import Opener
 
     out = Path(out)
     if not out.name.lower().endswith((".nii", ".nii.gz")):
@@ -39,9 +42,15 @@ def export_nifti(store: str | Path, participant_id: str, name: str, out: str | P
     img.set_qform(affine, code=1)
     img.header.set_xyzt_units("mm")
     img.header.set_slope_inter(1.0, 0.0)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".tmp-{out.name}")
-    nib.save(img, str(tmp))
-    tmp.replace(out)
+    # nibabel picks gzip from the file name, which the temporary name lacks: stream the image
+    # through the gzip writer nibabel itself uses for .nii.gz (its default level, no name,
+    # mtime 0), so the bytes are those of nib.save(img, out)
+    with atomic_path(out) as tmp, tmp.open("wb") as fh:
+        if out.name.lower().endswith(".gz"):
+            with gzip.GzipFile(filename="", mode="wb", fileobj=fh, mtime=0,
+                               compresslevel=Opener.default_compresslevel) as gz:
+                img.to_stream(gz)
+        else:
+            img.to_stream(fh)
     log.info("participant %s: exported %s -> %s", participant_id, name, out)
     return out

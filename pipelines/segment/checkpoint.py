@@ -27,13 +27,13 @@ The network is rebuilt from MONAI's class named by ``architecture`` (a small reg
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from pipelines._io import atomic_path, sha256_file, write_text_atomic
 from schemas.layout import IMAGE_ARRAYS
 from schemas.vocabulary import MUSCLE_NAMES
 
@@ -215,12 +215,8 @@ def software_version() -> str:
         return "0+unknown"
 
 
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+#: SHA-256 (hex) of a checkpoint file (kept under this name for the segment stage's modules).
+file_sha256 = sha256_file
 
 
 def build_network(meta: ModelMeta):
@@ -274,7 +270,6 @@ def save_checkpoint(network, meta: ModelMeta, path: str | Path, *, half: bool = 
     import torch
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {}
     for k, v in network.state_dict().items():
         v = v.detach().cpu()
@@ -289,10 +284,9 @@ def save_checkpoint(network, meta: ModelMeta, path: str | Path, *, half: bool = 
         "state_dict": state,
         "meta": meta_json,
     }
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(blob, tmp)
-    tmp.replace(path)
-    path.with_suffix(".json").write_text(json.dumps(meta_json, indent=2) + "\n")
+    with atomic_path(path) as tmp:
+        torch.save(blob, tmp)
+    write_text_atomic(path.with_suffix(".json"), json.dumps(meta_json, indent=2) + "\n")
     return path
 
 

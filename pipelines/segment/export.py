@@ -22,6 +22,7 @@ import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pipelines._io import atomic_path
 from pipelines.segment.checkpoint import load_model
 
 if TYPE_CHECKING:
@@ -89,12 +90,9 @@ def export_torchscript(checkpoint: str | Path | None, out: str | Path) -> Path:
         example = torch.zeros(1, len(model.meta.channels), *model.meta.inference.roi_size)
         scripted = torch.jit.trace(module, example)
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    with warnings.catch_warnings():
+    with atomic_path(out) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.jit.save(scripted, str(tmp), _extra_files={"meta.json": json.dumps(meta)})
-    tmp.replace(out)
     return out
 
 

@@ -6,11 +6,14 @@ from __future__ import annotations
 import json
 import os
 import pickle
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
 from pipelines import store as S
+from pipelines._io import temporary_name
+from pipelines.store import groups
 from schemas.layout import ATTRS_KEY, CHUNK_SHAPE, SHARD_SHAPE, TMP_PREFIX, GroupAttrs
 
 
@@ -129,7 +132,7 @@ def test_failed_write_keeps_old_group_and_hides_temp(store, monkeypatch):
     shape = (16, 16, 16)
     old = _arrays(shape, seed=1)
     S.write_group(store, "P1", old, _attrs("P1", shape))
-    real = S._create_array
+    real = groups._create_array
     calls = []
 
     def boom(path, data):
@@ -138,7 +141,7 @@ def test_failed_write_keeps_old_group_and_hides_temp(store, monkeypatch):
             raise OSError("disk full")
         real(path, data)
 
-    monkeypatch.setattr(S, "_create_array", boom)
+    monkeypatch.setattr(groups, "_create_array", boom)
     with pytest.raises(OSError, match="disk full"):
         S.write_group(store, "P1", _arrays(shape, seed=2), _attrs("P1", shape))
     monkeypatch.undo()
@@ -163,6 +166,25 @@ def test_temporary_groups_are_invisible_and_cleaned(store):
     assert S.participant_ids(store) == ["P1", "P2"]
     assert not crashed.exists()
     assert other.exists()
+
+
+def test_leftover_metadata_temp_files_are_no_groups_or_arrays(store):
+    """A task killed while rewriting a ``zarr.json`` leaves the file helper's hidden temporary
+    file beside it; no listing may take it for a participant or an array."""
+    shape = (8, 8, 8)
+    store.mkdir()
+    with ThreadPoolExecutor(1) as other_task:  # its temporary names differ from this thread's
+        root_tmp, group_tmp = other_task.map(temporary_name,
+                                             [store / "zarr.json", store / "P1" / "zarr.json"])
+    root_tmp.write_text("{")  # killed in ensure_store
+    S.write_group(store, "P1", _arrays(shape), _attrs("P1", shape))
+    group_tmp.write_text("{")  # killed in update_attrs
+    assert S.participant_ids(store) == ["P1"]
+    assert groups._array_names(store / "P1") == ["fat", "water"]
+    S.write_array(store, "P1", "labels", np.zeros(shape, np.uint8))
+    doc = json.loads((store / "P1" / "zarr.json").read_text())
+    assert [m["name"] for m in doc["attributes"]["ome"]["multiscales"]] == ["water", "fat"]
+    assert S.participant_ids(store) == ["P1"] and group_tmp.exists()
 
 
 def test_write_array_adds_and_replaces_one_array(store):

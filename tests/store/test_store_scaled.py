@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from pipelines import store as S
+from pipelines.store import groups, scaled
 from schemas.layout import GroupAttrs
 
 SHAPE = (70, 50, 130)  # several 64-voxel chunks on x and z, clipped chunks on every axis
@@ -70,7 +71,7 @@ def test_scaled_integers_round_trip_bit_for_bit(tmp_path):
     y = pickle.loads(pickle.dumps(x[3:68, 5:40, 40:70]))
     np.testing.assert_array_equal(_bits(y.compute()), _bits(data[3:68, 5:40, 40:70]))
     assert S.has_array(store, "P1", "water")
-    assert S._array_names(store / "P1") == ["water"]  # the float slices are no array of the group
+    assert groups._array_names(store / "P1") == ["water"]  # float slices: no array of the group
 
 
 def test_scaled_integers_are_smaller_than_float32(tmp_path):
@@ -119,7 +120,7 @@ def test_integer_dtype_is_the_smallest_that_holds_the_values():
         data[1, 1, :] = values[1]
         q, meta, floats = S.quantise_exact(data, [(1.0, 0.0)])
         assert q.dtype == dtype and floats is None
-        np.testing.assert_array_equal(_bits(S._decode(q, meta, None)), _bits(data))
+        np.testing.assert_array_equal(_bits(scaled._decode(q, meta, None)), _bits(data))
     data = base.copy()
     data[0, 0, :] = 3e9  # beyond int32
     assert S.quantise_exact(data, [(1.0, 0.0)]) is None

@@ -9,6 +9,7 @@ import zarr
 from zarr.storage import LocalStore
 
 from pipelines import store as S
+from pipelines.store import shards as encoder
 
 
 @pytest.mark.parametrize("dtype", ["float32", "uint16", "int8", "uint8"])
@@ -21,15 +22,15 @@ def test_direct_shards_read_back_with_plain_zarr_like_zarrs_own(tmp_path, dtype)
     if dtype == "float32":
         data[140:, 60:, 250:256] = -0.0  # negative zero is not the fill value: kept
     ours, theirs = tmp_path / "ours", tmp_path / "theirs"
-    S._zarr_array(ours, data)
-    assert S._direct_shards_ok(S._read_json(ours / "zarr.json"))
+    encoder._zarr_array(ours, data)
+    assert encoder._direct_shards_ok(encoder._read_json(ours / "zarr.json"))
     z = zarr.open_array(LocalStore(ours, read_only=True), mode="r")
     got = z[...]
     np.testing.assert_array_equal(got.view(f"u{data.itemsize}"), data.view(f"u{data.itemsize}"))
     # zarr's own write of the same array: same shard files, same values
     chunks, shards = S.chunking(shape)
     ref = zarr.create_array(store=LocalStore(theirs), shape=shape, dtype=dtype, chunks=chunks,
-                            shards=shards, compressors=S._compressor(), fill_value=0,
+                            shards=shards, compressors=encoder._compressor(), fill_value=0,
                             zarr_format=3)
     ref[...] = data
     files = sorted(p.relative_to(ours).as_posix() for p in (ours / "c").rglob("*") if p.is_file())
@@ -46,7 +47,7 @@ def test_direct_shards_read_back_with_plain_zarr_like_zarrs_own(tmp_path, dtype)
 
 def test_corrupt_shard_index_is_detected(tmp_path):
     data = np.arange(40 * 30 * 20, dtype=np.float32).reshape(40, 30, 20)
-    S._zarr_array(tmp_path / "a", data)
+    encoder._zarr_array(tmp_path / "a", data)
     f = tmp_path / "a" / "c" / "0" / "0" / "0"
     blob = bytearray(f.read_bytes())
     blob[-6] ^= 0xFF  # inside the index: its CRC32C no longer matches

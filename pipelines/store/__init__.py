@@ -1,0 +1,97 @@
+"""The cohort store: one Zarr v3 group per participant on a local filesystem.
+
+Layout and attributes are fixed by :mod:`schemas.layout`.  This package is the only code that
+touches the store's files; every stage reads and writes through it, by the names exported
+here (``from pipelines import store``).
+
+Guarantees
+----------
+* **Atomic groups.**  :func:`write_group` writes a whole participant group under a temporary
+  name (``schemas.layout.TMP_PREFIX``) beside its final place and renames it into place only
+  when every array and attribute is on disk.  A group being replaced is moved aside, the new
+  one moved in, then the old one deleted.  Readers therefore see either the old group or the
+  new one, never a half-written one; :func:`participant_ids` ignores temporary names, so a
+  crashed task leaves only invisible debris (removed by the next write of that participant).
+* **Atomic arrays.**  :func:`write_array` adds or replaces one array of an existing group the
+  same way (temporary name inside the group folder, then rename).
+* **Atomic metadata.**  A group's ``zarr.json`` (attributes, :func:`update_attrs`) is
+  replaced whole: written to a hidden temporary file, flushed to disk, then renamed
+  (:func:`pipelines._io.write_json_atomic`); no listing takes such a file for an array.
+* **Whole shards.**  Arrays are chunked by ``CHUNK_SHAPE`` (3-D access) inside shards of
+  ``SHARD_SHAPE``, both clipped to the array's shape.  One task always writes an array whole,
+  so no shard is ever written by two tasks: partial-shard writes from several tasks race on
+  the shard's read-modify-write and silently lose data.
+* **Compression.**  Blosc with the zstd compressor and bit shuffle inside each
+  shard (``clevel`` 1: bit-shuffled zstd-1 compresses MR magnitudes about as well as
+  zstd-5 at several times its speed, so writing keeps pace with reading .nii.gz inputs),
+  one Blosc block per inner chunk (``_BLOSC_BLOCKSIZE``).
+* **Scaled integers.**  An image written with its sources' ``(slope, intercept)`` pairs
+  (:meth:`GroupWriter.add` ``value_maps``) is stored as the integers ``q`` wherever
+  ``float32(q * slope + intercept)`` reproduces it bit for bit (:func:`quantise_exact`);
+  :func:`read_array` and :func:`open_array` decode it to the identical float32 values.
+* **Direct shard writes.**  Zarr writes the array metadata; the shard files are encoded here
+  (:func:`~.shards._write_shards`: same bytes layout as zarr's, about three times faster).
+* **Viewers.**  Every image array is also described by OME-Zarr 0.5 (NGFF) ``multiscales``
+  metadata under ``attrs["ome"]`` (axes ``x, y, z`` in mm, scale = voxel spacing,
+  translation = the world position of voxel 0), so napari (napari-ome-zarr) or neuroglancer can
+  open it.  NGFF 0.5 has no rotation: for an oblique acquisition the exact affine is the one
+  in ``attrs["myocohort"]["affine"]``.
+
+``store`` arguments are a path (``str`` or :class:`~pathlib.Path`) to the store folder;
+everything sent to Dask workers is therefore a plain path and pickles.
+
+Modules
+-------
+:mod:`.groups`
+    paths, participant groups and their arrays: the public read/write API above.
+:mod:`.shards`
+    the shard encoder: chunking, compressor, one Zarr array written whole.
+:mod:`.scaled`
+    the exact scaled-integer codec of images (:func:`quantise_exact` and its decoder).
+:mod:`.ome`
+    the group's OME-Zarr metadata.
+
+Imports run one way: ``groups`` -> ``shards`` -> ``scaled`` and ``ome`` (``groups`` also uses
+those two directly); the submodules import their siblings, never the names re-exported here.
+"""
+
+from __future__ import annotations
+
+from pipelines.store.groups import (
+    GroupWriter,
+    delete_group,
+    ensure_store,
+    has_array,
+    open_array,
+    participant_ids,
+    read_array,
+    read_attrs,
+    update_attrs,
+    write_array,
+    write_group,
+)
+from pipelines.store.ome import DIMENSION_NAMES, OME_ARRAYS, OME_VERSION, ome_metadata
+from pipelines.store.scaled import ENCODING_KEY, FLOAT_SLICES, quantise_exact
+from pipelines.store.shards import chunking
+
+__all__ = [
+    "DIMENSION_NAMES",
+    "ENCODING_KEY",
+    "FLOAT_SLICES",
+    "OME_ARRAYS",
+    "OME_VERSION",
+    "GroupWriter",
+    "chunking",
+    "delete_group",
+    "ensure_store",
+    "has_array",
+    "ome_metadata",
+    "open_array",
+    "participant_ids",
+    "quantise_exact",
+    "read_array",
+    "read_attrs",
+    "update_attrs",
+    "write_array",
+    "write_group",
+]
