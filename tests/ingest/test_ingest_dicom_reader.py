@@ -277,18 +277,18 @@ def test_pydicom_messages_quoting_header_values_are_withheld(tmp_path, truth, ca
 
     from pydicom.misc import warn_and_log
 
-    from pipelines.ingest import readers
+    from pipelines.ingest.readers import dicom
 
     caplog.set_level(logging.DEBUG)
     data, aff = truth
     write_dicom_series(tmp_path / "s", data, aff)
-    real = readers._read_dicom
+    real = dicom._read_dicom
 
     def noisy(p, labels):
         warn_and_log("Invalid value for VR PN: 'Geheim^Person'")
         return real(p, labels)
 
-    monkeypatch.setattr(readers, "_read_dicom", noisy)
+    monkeypatch.setattr(dicom, "_read_dicom", noisy)
     v = read_volume(tmp_path / "s")
     assert v.shape == data.shape
     assert "Geheim" not in caplog.text

@@ -23,17 +23,10 @@ import pytest
 from ingest_fixtures import affine_ras, smooth_volume, write_dicom_series, write_nifti
 from pydicom.uid import JPEG2000Lossless, RLELossless
 
-from pipelines.ingest import readers
 from pipelines.ingest.geometry import Grid, common_grid, stitch
-from pipelines.ingest.readers import (
-    _FAST_TEXT_TAGS,
-    ReaderError,
-    _fast_header,
-    _raw_text,
-    hash_source,
-    read_nifti,
-    read_volume,
-)
+from pipelines.ingest.readers import ReaderError, dicom, hash_source, nifti, read_nifti, read_volume
+from pipelines.ingest.readers.dicom import _raw_text
+from pipelines.ingest.readers.dicom_fast import _FAST_TEXT_TAGS, _fast_header
 
 PYDICOM_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
 
@@ -51,8 +44,8 @@ def _test_files() -> list[Path]:
 
 def _general_path(monkeypatch):
     """Make every DICOM file and NIfTI file take the general (pre-fast-path) route."""
-    monkeypatch.setattr(readers, "_fast_header", lambda buf: None)
-    monkeypatch.setattr(readers, "_nifti_from_bytes", lambda p, raw: None)
+    monkeypatch.setattr(dicom, "_fast_header", lambda buf: None)
+    monkeypatch.setattr(nifti, "_nifti_from_bytes", lambda p, raw: None)
 
 
 def test_fast_header_equals_pydicom_on_every_test_file():
@@ -135,7 +128,7 @@ def test_dicom_fast_path_and_lookup_table_equal_general_path(tmp_path, monkeypat
     fast = read_volume(tmp_path / "s")
     with monkeypatch.context() as m:
         _general_path(m)
-        m.setattr(readers, "_value_lut", lambda dtype, value_map: None)  # float64 rescale
+        m.setattr(dicom, "_value_lut", lambda dtype, value_map: None)  # float64 rescale
         general = read_volume(tmp_path / "s")
     assert fast.data.dtype == general.data.dtype == np.float32
     np.testing.assert_array_equal(fast.data.view(np.uint32), general.data.view(np.uint32))
@@ -148,7 +141,7 @@ def test_dicom_single_files_fast_equals_general(monkeypatch, name):
     fast = read_volume(PYDICOM_FILES / name)
     with monkeypatch.context() as m:
         _general_path(m)
-        m.setattr(readers, "_value_lut", lambda dtype, value_map: None)
+        m.setattr(dicom, "_value_lut", lambda dtype, value_map: None)
         general = read_volume(PYDICOM_FILES / name)
     np.testing.assert_array_equal(fast.data.view(np.uint32), general.data.view(np.uint32))
     np.testing.assert_array_equal(fast.affine, general.affine)
@@ -274,14 +267,14 @@ def test_stitch_of_integer_volumes_equals_float32(tmp_path):
 
 
 def test_shard_bytes_do_not_depend_on_encode_threads(tmp_path, monkeypatch):
-    from pipelines import store
+    from pipelines.store import shards
 
     data = np.round(smooth_volume((70, 66, 300))) * 0.37  # two shards along z
     data[:, :, :70] = 0  # empty chunks are left out
     data = data.astype(np.float32)
-    store._create_array(tmp_path / "two", data)
-    monkeypatch.setattr(store, "_ENCODE_THREADS", 1)
-    store._create_array(tmp_path / "one", data)
+    shards._create_array(tmp_path / "two", data)
+    monkeypatch.setattr(shards, "_ENCODE_THREADS", 1)
+    shards._create_array(tmp_path / "one", data)
     files = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*")
                    if p.is_file())
     assert len(files) == 3  # zarr.json and two shards

@@ -166,6 +166,19 @@ def test_truncated_gzip(tmp_path):
         read_volume(tmp_path / "short.nii.gz")
 
 
+def test_gzip_crc_failure_is_refused(tmp_path):
+    """A flipped bit that still inflates gives wrong voxels that only the gzip CRC at the
+    end of the stream reveals; nibabel alone never reads that far."""
+    write_nifti(tmp_path / "full.nii.gz", smooth_volume((20, 20, 20)), affine_ras())
+    blob = (tmp_path / "full.nii.gz").read_bytes()
+    for pos in range(300, len(blob) - 8, 1999):
+        bad = bytearray(blob)
+        bad[pos] ^= 0x01
+        (tmp_path / "flip.nii.gz").write_bytes(bytes(bad))
+        with pytest.raises(ReaderError, match="flip.nii.gz: truncated or corrupt"):
+            read_volume(tmp_path / "flip.nii.gz")
+
+
 def test_missing_and_foreign_files(tmp_path):
     with pytest.raises(ReaderError, match="nope.nii.gz: file not found"):
         read_volume(tmp_path / "nope.nii.gz")
