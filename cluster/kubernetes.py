@@ -154,10 +154,11 @@ class KubernetesBackend(ClusterBackend):
         k = self.profile.kubernetes
         security = make_security(self.profile)
         secret = None
-        if security is not None and not k.tls_secret:
-            secret = self._create_secret(security)
         spec = copy.deepcopy(self.cluster_spec())
         try:
+            # inside the try: an unreachable API or a missing kubeconfig fails here already
+            if security is not None and not k.tls_secret:
+                secret = self._create_secret(security)
             cluster = KubeCluster(custom_cluster_spec=spec, namespace=k.namespace,
                                   shutdown_on_close=True)
         except Exception as e:

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, ClassVar
 
-from cluster.base import ClusterBackend, close_quietly
+from cluster.base import ClusterBackend, ClusterUnavailable, close_quietly
 from cluster.security import make_security
 
 if TYPE_CHECKING:
@@ -31,7 +31,11 @@ class TCPBackend(ClusterBackend):
         from distributed import Client
 
         security = make_security(self.profile) if self.profile.tls.has_files else None
-        client = Client(self.profile.address, security=security, timeout="30s")
+        try:
+            client = Client(self.profile.address, security=security, timeout="30s")
+        except OSError as e:  # nobody listens there (or the TLS handshake failed)
+            raise ClusterUnavailable(f"tcp: no scheduler answered at {self.profile.address} "
+                                     f"({e})") from e
         try:
             yield client
         finally:

@@ -1,97 +1,24 @@
-"""Cluster backends: a contract every backend passes, then each backend's specifics.
+"""Cluster backends: profiles, the registry, and each backend's specifics.
 
-SLURM and Kubernetes are checked through what they render (as dask-jobqueue tests its
-job scripts); the real SLURM run is in test_cluster_slurm.py behind the ``slurm`` marker.
+What every backend must do is in test_backend_contract.py.  SLURM and Kubernetes are checked
+here through what they render (as dask-jobqueue tests its job scripts); the real SLURM run is
+in test_cluster_slurm.py behind the ``slurm`` marker.
 """
 
 from __future__ import annotations
-
-import pickle
 
 import pytest
 import yaml
 from typer.testing import CliRunner
 
 from cluster import (
-    BACKENDS,
     BUILTIN_PROFILES,
-    ClusterUnavailable,
     ProfileError,
     backend_for,
     get_backend,
     load_profile,
     profile_from_dict,
-    profile_to_dict,
 )
-from cluster.base import ClusterBackend
-
-PROFILES = {
-    "local": {"backend": "local", "n_workers": 1},
-    "local-cuda": {"backend": "local-cuda"},
-    "slurm": {"backend": "slurm", "slurm": {"cores": 2, "memory": "2GiB"}},
-    "kubernetes": {"backend": "kubernetes", "kubernetes": {"gpus": 1}},
-    "tcp": {"backend": "tcp", "address": "tcp://127.0.0.1:8786"},
-}
-
-
-class BackendContract:
-    """What every backend must do; subclasses set ``name``."""
-
-    name: str
-
-    @pytest.fixture
-    def profile(self):
-        return profile_from_dict(PROFILES[self.name], name=f"test-{self.name}")
-
-    def test_registered(self):
-        cls = get_backend(self.name)
-        assert issubclass(cls, ClusterBackend) and cls.name == self.name
-        assert cls.description
-
-    def test_profile_pickles_and_round_trips(self, profile):
-        assert pickle.loads(pickle.dumps(profile)) == profile
-        assert profile_from_dict(profile_to_dict(profile), name=profile.name) == profile
-        hash(profile)  # frozen and hashable
-
-    def test_backend_pickles(self, profile):
-        backend = backend_for(profile)
-        assert pickle.loads(pickle.dumps(backend)).profile == profile
-
-    def test_render_starts_nothing(self, profile, monkeypatch):
-        import distributed
-
-        def no_cluster(*a, **k):
-            raise AssertionError("render started a cluster")
-
-        monkeypatch.setattr(distributed, "LocalCluster", no_cluster)
-        monkeypatch.setattr(distributed, "Client", no_cluster)
-        text = backend_for(profile).render()
-        assert isinstance(text, str) and text.strip()
-
-    def test_wrong_profile_refused(self, profile):
-        other = next(n for n in BACKENDS if n != self.name)
-        with pytest.raises(ValueError, match=self.name):
-            get_backend(other)(profile)
-
-
-class TestLocal(BackendContract):
-    name = "local"
-
-
-class TestLocalCUDA(BackendContract):
-    name = "local-cuda"
-
-
-class TestSlurm(BackendContract):
-    name = "slurm"
-
-
-class TestKubernetes(BackendContract):
-    name = "kubernetes"
-
-
-class TestTCP(BackendContract):
-    name = "tcp"
 
 
 def test_get_backend_error_lists_names():
@@ -244,27 +171,7 @@ def test_kubernetes_temporary_tls_secret_manifest():
     assert base64.b64decode(secret["data"]["ca.pem"]).startswith(b"-----BEGIN CERTIFICATE")
 
 
-# ---- local-cuda without a GPU ------------------------------------------------------------
-def test_local_cuda_without_gpu_suggests_local(monkeypatch):
-    from cluster import local_cuda
-
-    monkeypatch.setattr(local_cuda, "count_gpus", lambda: 0)
-    backend = backend_for(load_profile("local-cuda"))
-    with pytest.raises(ClusterUnavailable, match="--cluster local"):
-        with backend.client():
-            pass
-
-
-def test_slurm_without_sbatch_is_a_clear_error(monkeypatch):
-    import shutil
-
-    monkeypatch.setattr(shutil, "which", lambda name: None)
-    with pytest.raises(ClusterUnavailable, match="sbatch"):
-        with backend_for(load_profile("slurm")).client():
-            pass
-
-
-# ---- local and tcp clusters for real -------------------------------------------------------
+# ---- clusters for real (the contract runs each backend's default) ---------------------------
 def test_local_cluster_tls_and_localhost_dashboard():
     p = profile_from_dict({"backend": "local", "n_workers": 1, "tls": {"enabled": True},
                            "dashboard_address": "127.0.0.1:0"})
@@ -282,17 +189,6 @@ def test_local_cluster_tls_and_localhost_dashboard():
         # one participant per worker thread, none waiting on a worker behind it
         assert client.run_on_scheduler(
             lambda dask_scheduler: dask_scheduler.WORKER_SATURATION) == 1.0
-
-
-def test_tcp_backend_connects_to_existing_scheduler():
-    from distributed import LocalCluster
-
-    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=":0",
-                      host="127.0.0.1") as existing:
-        p = load_profile(existing.scheduler_address)
-        with backend_for(p).client() as client:
-            assert client.submit(abs, -4).result() == 4
-        assert len(existing.scheduler_info["workers"]) == 1  # the client left workers alone
 
 
 def test_cli_cluster_render_and_list():
@@ -325,45 +221,10 @@ def test_local_cuda_one_worker_per_gpu_with_gpu_resource():
         assert all(a.startswith("tls://") for a in workers)
 
 
-def test_kubernetes_client_creates_and_removes_the_tls_secret(monkeypatch):
-    """The client() path with the operator faked by a TLS LocalCluster: the DaskCluster spec
-    is passed, a temporary-certificate Secret is created, used and deleted."""
-    import dask_kubernetes.operator as op
-    from distributed import LocalCluster
-    from distributed.security import Security
-
-    import cluster.kubernetes as kmod
-
-    security = Security.temporary()
-    monkeypatch.setattr(kmod, "make_security", lambda profile: security)
-    record: dict = {}
-
-    class FakeSecret:
-        def delete(self):
-            record["deleted"] = True
-
-    def fake_create(self, sec):
-        record["secret"] = self.tls_secret_manifest(sec)
-        return FakeSecret()
-
-    monkeypatch.setattr(kmod.KubernetesBackend, "_create_secret", fake_create)
-
-    class FakeKubeCluster:
-        def __init__(self, custom_cluster_spec, namespace, shutdown_on_close):
-            record["spec"] = custom_cluster_spec
-            self._c = LocalCluster(n_workers=1, threads_per_worker=1, security=security,
-                                   protocol="tls://", dashboard_address=":0",
-                                   host="127.0.0.1")
-            self.scheduler_address = self._c.scheduler_address.replace("tls://", "tcp://")
-
-        def adapt(self, minimum, maximum):
-            record["adapt"] = (minimum, maximum)
-
-        def close(self):
-            self._c.close()
-            record["closed"] = True
-
-    monkeypatch.setattr(op, "KubeCluster", FakeKubeCluster)
+def test_kubernetes_client_creates_and_removes_the_tls_secret(fake_kube_operator):
+    """The client() path with the operator faked: the DaskCluster spec is passed, adapt gets
+    the profile's bounds, a temporary-certificate Secret is created, used and deleted."""
+    record = fake_kube_operator
     backend = backend_for(profile_from_dict({"backend": "kubernetes",
                                              "kubernetes": {"max_workers": 3}}))
     with backend.client() as client:

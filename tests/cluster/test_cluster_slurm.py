@@ -15,29 +15,14 @@ sys.path.insert(0, str(RUN_TESTS))
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
 
-def _profile(tmp_path: Path, **extra):
-    from cluster import profile_from_dict
-
-    return profile_from_dict({
-        "backend": "slurm", "dashboard_address": "127.0.0.1:0",
-        "slurm": {
-            "cores": 1, "memory": "1GiB", "processes": 1, "walltime": "00:10:00",
-            "min_jobs": 1, "max_jobs": 2, "shared_temp_directory": str(tmp_path / "tls"),
-            "log_directory": str(tmp_path / "slurm-logs"),
-            # the fake stages live in the test tree; same machine = shared filesystem
-            "job_script_prologue": [f"export PYTHONPATH={RUN_TESTS}:{Path.cwd()}"],
-            **extra,
-        },
-    }, name="test-slurm")
-
-
-def test_slurm_runs_a_cohort_with_tls(slurm_cluster, tmp_path):
+def test_slurm_runs_a_cohort_with_tls(slurm_cluster, slurm_profile, tmp_path):
     from fake_stages import fake_stage_functions, make_cohort
 
     from cluster import backend_for
     from jobs.run_cmd import run_pipeline
 
-    profile = _profile(tmp_path)
+    # the fake stages live in the test tree; same machine = shared filesystem
+    profile = slurm_profile(job_script_prologue=[f"export PYTHONPATH={RUN_TESTS}:{Path.cwd()}"])
     assert profile.tls_enabled
     script = backend_for(profile).render()
     assert "#SBATCH --cpus-per-task=1" in script and "--tls-ca-file" in script
