@@ -83,12 +83,13 @@ def scheduling_overhead(n: int) -> dict[str, Any]:
 def _run_cohort(manifest: Path, covariates: Path, workdir: Path, n_workers: int,
                 ) -> dict[str, Any]:
     from cluster.profile import profile_from_dict
-    from jobs.run_cmd import StageFunctions, run_pipeline
+    from jobs.run_cmd import run_pipeline
+    from jobs.stages import STAGES
 
     profile = profile_from_dict({"backend": "local", "n_workers": n_workers,
                                  "threads_per_worker": 1, "dashboard_address": "127.0.0.1:0"},
                                 name=f"bench-{n_workers}")
-    stages = StageFunctions(fit=None, report=None)  # image stages only
+    stages = tuple(s for s in STAGES if s.name not in ("fit", "report"))  # image stages only
     t0 = time.perf_counter()
     res = run_pipeline(manifest, covariates, workdir, profile=profile, stages=stages,
                        stream=io.StringIO(), echo=lambda m: None)

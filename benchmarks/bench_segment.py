@@ -1,6 +1,6 @@
 """Segment stage: seconds per participant and voxels/s, ours against a naive baseline.
 
-Ours: :func:`pipelines.segment.segment_cohort` (model loaded once per process, normalisation
+Ours: the registry's segment stage (:func:`jobs.driver.run_stage`) (model loaded once per process, normalisation
 and resampling in torch on the model's device, batched sliding windows, argmax and
 confidence in torch).
 
@@ -92,16 +92,17 @@ def _baseline_participant(store, pid, model_path) -> np.ndarray:
 def _time_ours(store, ids, model_path, device: str, *, cold: bool = True,
                overlap: float | None = None) -> tuple[float, dict]:
     """Seconds to segment ``ids`` (``cold``: including loading the model once)."""
+    from jobs.driver import run_stage
     from pipelines import store as st
-    from pipelines.segment import SegmentConfig, segment_cohort
+    from pipelines.segment import SegmentConfig
     from pipelines.segment.stage import clear_model_cache
 
     if cold:
         clear_model_cache()
     t0 = time.perf_counter()
-    outcomes = segment_cohort(store, ids, model_path=model_path,
-                              config=SegmentConfig(device=device, sw_batch_size=4,
-                                                   overlap=overlap))
+    outcomes = run_stage("segment", ids, store=store, model_path=model_path,
+                         config=SegmentConfig(device=device, sw_batch_size=4,
+                                              overlap=overlap)).outcomes
     secs = time.perf_counter() - t0
     bad = [o.failure.message for o in outcomes if not o.ok]
     if bad:

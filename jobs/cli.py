@@ -8,7 +8,16 @@ from importlib.metadata import PackageNotFoundError, version
 
 import typer
 
-from jobs import ingest_cmd, quantify_cmd, run_cmd, schema_cmd, segment_cmd, stats_cmd, synth_cmd
+from jobs import (
+    cluster_cmd,
+    ingest_cmd,
+    quantify_cmd,
+    run_cmd,
+    schema_cmd,
+    segment_cmd,
+    stats_cmd,
+    synth_cmd,
+)
 
 
 def _version() -> str:
@@ -28,6 +37,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # plain click help: no truncated option names or boxes at 80 columns
+    rich_markup_mode=None,
 )
 
 
@@ -50,7 +61,8 @@ def main(
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-for _module in (synth_cmd, schema_cmd, ingest_cmd, segment_cmd, quantify_cmd, stats_cmd, run_cmd):
+for _module in (synth_cmd, schema_cmd, ingest_cmd, segment_cmd, quantify_cmd, stats_cmd, run_cmd,
+                cluster_cmd):
     _module.register(app)
 
 if __name__ == "__main__":  # pragma: no cover

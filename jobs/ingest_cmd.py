@@ -4,59 +4,43 @@ NIfTI)."""
 from __future__ import annotations
 
 import logging
-from contextlib import contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 
 import typer
 
+from jobs.options import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILURES,
+    EXIT_NO_CLUSTER,
+    EXIT_OK,
+    PlainHelpCommand,
+    cluster_option,
+    error,
+    load_profile_or_exit,
+    write_failures_table,
+)
+
 log = logging.getLogger(__name__)
-
-EXIT_OK, EXIT_FAILURES, EXIT_BAD_INPUT, EXIT_NO_CLUSTER = 0, 1, 2, 3
-
-
-@contextmanager
-def open_client(profile: str | None):
-    """A ``distributed.Client`` for a cluster profile (``cluster.load_profile``), or None
-    (serial, in this process) when ``profile`` is None."""
-    if profile is None:
-        yield None
-        return
-    from cluster import backend_for, load_profile
-
-    backend = backend_for(load_profile(profile))
-    with backend.client() as client:
-        yield client
-
-
-def _write_failures(path: Path, failures) -> None:
-    """The failures table (participant, stage, error type, message, traceback file) as CSV
-    or Parquet by suffix; written even when empty so a stale table never survives."""
-    from schemas.failures import failures_frame
-
-    df = failures_frame(failures)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".tmp-{path.name}")
-    if path.suffix == ".parquet":
-        df.to_parquet(tmp, index=False)
-    else:
-        df.to_csv(tmp, index=False)
-    tmp.replace(path)
 
 
 def run_ingest(manifest_path: Path, store: Path, *, cluster: str | None, failures: Path,
                traceback_dir: Path | None, force: bool, negative_tolerance: float,
                integer_storage: bool = False) -> int:
-    """Ingest a manifest; print a summary; return the exit code."""
-    from pipelines._dask import split_outcomes
-    from pipelines.ingest import IngestConfig, ingest_cohort
+    """Ingest a manifest; print a line per participant and a summary; return the exit code."""
+    from cluster import ClusterUnavailable
+    from jobs.driver import Clients, command_inputs, run_participant_stage
+    from jobs.stages import INGEST
+    from pipelines.ingest import IngestConfig
     from schemas.manifest import ManifestError, load_manifest
 
+    profile = load_profile_or_exit(cluster)
     try:
         manifest = load_manifest(manifest_path)
         config = IngestConfig(force=force, negative_tolerance=negative_tolerance,
                               integer_storage=integer_storage)
     except (ManifestError, ValueError) as e:
-        print(f"error: {e}")
+        error(str(e))
         return EXIT_BAD_INPUT
     n = len(manifest)
     done = {"n": 0}
@@ -69,23 +53,23 @@ def run_ingest(manifest_path: Path, store: Path, *, cluster: str | None, failure
             state = f"FAILED ({outcome.failure.error_type})"
         print(f"[{done['n']}/{n}] {outcome.participant_id}: {state}", flush=True)
 
+    inputs = command_inputs("ingest", store, config, manifest=manifest)
     try:
-        with open_client(cluster) as client:
-            outcomes = ingest_cohort(manifest, store, config=config, client=client,
-                                     traceback_dir=traceback_dir, on_done=progress)
-    except Exception as e:  # cluster could not start, store not writable, ...
-        from cluster import ClusterUnavailable, ProfileError
-
-        if isinstance(e, (ClusterUnavailable, ProfileError)):
-            print(f"error: cluster {cluster!r}: {e}")
-            return EXIT_NO_CLUSTER
-        if isinstance(e, (ValueError, OSError)):
-            print(f"error: {e}")
-            return EXIT_BAD_INPUT
-        raise
-    ok, failed = split_outcomes(outcomes)
+        with ExitStack() as stack:
+            stage = run_participant_stage(
+                INGEST, list(manifest.participant_ids), inputs,
+                clients=Clients(profile, stack), quiet=True, traceback_dir=traceback_dir,
+                max_in_flight=profile.max_in_flight if profile else None, on_done=progress)
+    except ClusterUnavailable as e:
+        error(f"cluster {cluster!r}: {e}")
+        return EXIT_NO_CLUSTER
+    except (ValueError, OSError) as e:  # store not a Zarr store, not writable, ...
+        error(str(e))
+        return EXIT_BAD_INPUT
+    ok = [o for o in stage.outcomes if o.ok]
+    failed = stage.failures
     written = sum(1 for o in ok if o.value.written)
-    _write_failures(failures, failed)
+    write_failures_table(failures, failed)
     print(f"ingest: {n} participants: {written} ingested, {len(ok) - written} unchanged, "
           f"{len(failed)} failed -> {store}")
     if failed:
@@ -97,19 +81,20 @@ def run_ingest(manifest_path: Path, store: Path, *, cluster: str | None, failure
 
 
 def ingest(
-    manifest: Path = typer.Argument(..., help="Manifest CSV or Parquet (one row per image: "
-                                    "participant_id, site, station, channel, path[, label_map])."),
-    store: Path = typer.Option(..., "--store", help="Zarr v3 store folder to create or update "
-                               "(one group per participant)."),
-    cluster: str | None = typer.Option(
-        None, "--cluster", help="Cluster profile: a built-in name (local, local-cuda, slurm, "
-        "kubernetes), a YAML profile file or tcp://host:port. Default: run serially in this "
-        "process."),
+    manifest: Path = typer.Argument(..., metavar="MANIFEST",
+                                    help="Manifest CSV or Parquet (one row per image: "
+                                    "participant_id, site, station, channel, path[, "
+                                    "label_map])."),
+    store: Path = typer.Option(..., "--store", metavar="STORE.zarr",
+                               help="Zarr v3 store folder to create or update (one group "
+                               "per participant)."),
+    cluster: str | None = cluster_option(None),
     failures: Path | None = typer.Option(
-        None, "--failures", help="Where to write the failures table (.csv or .parquet). "
-        "Default: ingest-failures.csv beside the store."),
+        None, "--failures", metavar="FILE", help="Where to write the failures table (.csv or "
+        ".parquet). Default: ingest-failures.csv beside the store."),
     traceback_dir: Path | None = typer.Option(
-        None, "--traceback-dir", help="Folder for the full traceback of each failed participant."),
+        None, "--traceback-dir", metavar="DIR",
+        help="Folder for the full traceback of each failed participant."),
     force: bool = typer.Option(
         False, "--force", help="Rewrite every participant even when its inputs are unchanged."),
     integer_storage: bool = typer.Option(
@@ -119,8 +104,9 @@ def ingest(
              "float32) that myocohort reads back identically, but that plain-Zarr viewers see "
              "as unscaled integers."),
     negative_tolerance: float = typer.Option(
-        0.0, "--negative-tolerance", help="Magnitude images may go this far below 0 before a "
-        "participant fails (image units)."),
+        0.0, "--negative-tolerance", metavar="VALUE",
+        help="Magnitude images may go this far below 0 before a participant fails (image "
+        "units)."),
 ) -> None:
     """Read NIfTI/DICOM images listed in MANIFEST into a Zarr store, one group per participant.
 
@@ -136,11 +122,15 @@ def ingest(
 
 
 def export(
-    store: Path = typer.Argument(..., help="Zarr store written by `myocohort ingest`."),
-    participant_id: str = typer.Argument(..., help="Pseudonymous participant id (group name)."),
-    channel: str = typer.Option(..., "--channel", help="Array to export: water, fat, in_phase, "
-                                "opposed_phase, labels, ff, ..."),
-    out: Path = typer.Option(..., "--out", help="Output NIfTI file (.nii or .nii.gz)."),
+    store: Path = typer.Argument(..., metavar="STORE.zarr",
+                                 help="Zarr store written by `myocohort ingest`."),
+    participant_id: str = typer.Argument(..., metavar="PARTICIPANT",
+                                         help="Pseudonymous participant id (group name)."),
+    channel: str = typer.Option(..., "--channel", metavar="ARRAY",
+                                help="Array to export: water, fat, in_phase, opposed_phase, "
+                                "labels, ff, ..."),
+    out: Path = typer.Option(..., "--out", metavar="FILE.nii.gz",
+                             help="Output NIfTI file (.nii or .nii.gz)."),
 ) -> None:
     """Write one stored array back as NIfTI (RAS+ orientation, the stored affine as sform and
     qform, stored dtype, no scaling). Exit code 2 when the participant or array is missing."""
@@ -151,19 +141,19 @@ def export(
         if participant_id not in zstore.participant_ids(store):
             known = zstore.participant_ids(store)
             hint = f" (first of {len(known)}: {known[:5]})" if known else " (store is empty)"
-            print(f"error: store {store}: no participant {participant_id!r}{hint}")
+            error(f"store {store}: no participant {participant_id!r}{hint}")
             raise typer.Exit(EXIT_BAD_INPUT)
         if not zstore.has_array(store, participant_id, channel):
-            print(f"error: participant {participant_id}: no array {channel!r} in store {store}")
+            error(f"participant {participant_id}: no array {channel!r} in store {store}")
             raise typer.Exit(EXIT_BAD_INPUT)
         path = export_nifti(store, participant_id, channel, out)
     except (KeyError, ValueError) as e:
-        print(f"error: {e}")
+        error(str(e))
         raise typer.Exit(EXIT_BAD_INPUT) from None
     print(f"participant {participant_id}: {channel} -> {path}")
 
 
 def register(app: typer.Typer) -> None:
     """Add ``ingest`` and ``export`` to the typer app."""
-    app.command("ingest")(ingest)
-    app.command("export")(export)
+    app.command("ingest", cls=PlainHelpCommand, short_help="NIfTI/DICOM images -> the cohort's Zarr store.")(ingest)
+    app.command("export", cls=PlainHelpCommand, short_help="Write one stored array back as NIfTI.")(export)

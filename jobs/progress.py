@@ -98,7 +98,8 @@ class StageProgress:
     """Counts and timing of one stage; prints a live line on ``stream``.
 
     On a terminal the line is redrawn in place; otherwise one plain line is written at most
-    every ``interval`` seconds and at the end, so CI logs stay short.
+    every ``interval`` seconds and at the end, so CI logs stay short.  ``quiet``: count only
+    (a command that prints its own line per participant).
     """
 
     stage: str
@@ -106,6 +107,7 @@ class StageProgress:
     skipped: int = 0
     stream: IO[str] | None = None
     interval: float = 5.0
+    quiet: bool = False
     done: int = 0
     failed: int = 0
     started: float = field(default_factory=time.perf_counter)
@@ -148,6 +150,8 @@ class StageProgress:
             self.failed += 1
         self.busy_seconds += outcome.seconds
         now = time.perf_counter()
+        if self.quiet:
+            return
         if self._tty:
             self.stream.write("\r" + self.line() + "\033[K")
             self.stream.flush()
@@ -158,7 +162,7 @@ class StageProgress:
 
     def close(self) -> None:
         self.finished = time.perf_counter()
-        if self.total or self.skipped:
+        if not self.quiet and (self.total or self.skipped):
             self.stream.write(("\r" if self._tty else "") + self.line()
                               + ("\033[K" if self._tty else "") + "\n")
             self.stream.flush()

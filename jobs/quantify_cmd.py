@@ -3,10 +3,21 @@
 from __future__ import annotations
 
 import logging
-from contextlib import nullcontext
+from contextlib import ExitStack
 from pathlib import Path
 
 import typer
+
+from jobs.options import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILURES,
+    EXIT_NO_CLUSTER,
+    PlainHelpCommand,
+    cluster_option,
+    error,
+    load_profile_or_exit,
+    write_failures_table,
+)
 
 log = logging.getLogger(__name__)
 
@@ -46,26 +57,29 @@ def quantify(
         32_000_000, "--max-whole-voxels", help="Largest volume (voxels) quantified whole."),
     write_ff: bool = typer.Option(
         True, "--write-ff/--no-write-ff", help="Store the fat-fraction map 'ff' in each group."),
-    profile: str | None = typer.Option(
-        None, "--profile",
-        help="Cluster profile (name or YAML file, see `myocohort run --help`); default: run "
-             "in this process, one participant after another."),
+    cluster: str | None = cluster_option(None, serial_note=" Default: run in this process, "
+                                         "one participant after another."),
 ) -> None:
     """Quantify fat in every participant's muscles.
 
-    Stores the fat-fraction map ``ff`` in each participant's group and writes
-    ``OUT/muscle_metrics.parquet`` (participant x muscle) and
-    ``OUT/participant_metrics.parquet`` (LMM, InterMAT %, lesion load, asymmetry, QC flags).
-    A participant that fails is listed in ``OUT/failures.parquet`` (traceback in
-    ``OUT/tracebacks/``) and the others go on.  Exit code 0 when all succeed, 1 when some
-    failed, 2 for unusable input (missing store, invalid covariates or settings).
+    Stores the fat-fraction map 'ff' in each participant's group and writes
+    OUT/muscle_metrics.parquet (participant x muscle, muscles in vocabulary order) and
+    OUT/participant_metrics.parquet (LMM, InterMAT %, lesion load, asymmetry, QC flags),
+    through the same writer as `myocohort run` (each participant's result is kept in
+    OUT/parts/). A participant that fails is listed in OUT/failures.parquet (traceback in
+    OUT/tracebacks/) and the others go on. Exit code 0 when all succeed, 1 when some
+    failed, 2 for unusable input (missing store, invalid covariates or settings), 3 when the
+    cluster cannot start.
     """
+    from cluster import ClusterUnavailable
+    from jobs.driver import Clients, command_inputs, run_participant_stage
+    from jobs.stages import QUANTIFY
     from pipelines import store as st
-    from pipelines._dask import split_outcomes
-    from pipelines.quantify import QuantifyConfig, assemble_tables, quantify_cohort, write_tables
-    from schemas.failures import failures_frame
+    from pipelines.aggregate import read_parts, write_metrics_tables
+    from pipelines.quantify import QuantifyConfig
     from schemas.manifest import ManifestError
 
+    profile = load_profile_or_exit(cluster)
     try:
         thresholds = tuple(float(x) for x in mercuri.split(","))
         config = QuantifyConfig(
@@ -80,22 +94,22 @@ def quantify(
             write_ff=write_ff,
         )
     except ValueError as e:
-        print(f"error: {e}")
-        raise typer.Exit(2) from None
+        error(str(e))
+        raise typer.Exit(EXIT_BAD_INPUT) from None
     if not store.is_dir():
-        print(f"error: store {store} does not exist")
-        raise typer.Exit(2)
+        error(f"store {store} does not exist")
+        raise typer.Exit(EXIT_BAD_INPUT)
     ids = st.participant_ids(store)
     if participants.strip():
         wanted = [p.strip() for p in participants.split(",") if p.strip()]
         unknown = [p for p in wanted if p not in ids]
         if unknown:
-            print(f"error: store {store} has no complete group for {', '.join(unknown)}")
-            raise typer.Exit(2)
+            error(f"store {store} has no complete group for {', '.join(unknown)}")
+            raise typer.Exit(EXIT_BAD_INPUT)
         ids = wanted
     if not ids:
-        print(f"error: store {store} has no participant")
-        raise typer.Exit(2)
+        error(f"store {store} has no participant")
+        raise typer.Exit(EXIT_BAD_INPUT)
     cov = None
     if covariates is not None:
         from schemas.covariates import load_covariates
@@ -103,10 +117,9 @@ def quantify(
         try:
             cov = load_covariates(covariates)
         except ManifestError as e:
-            print(f"error: {e}")
-            raise typer.Exit(2) from None
+            error(str(e))
+            raise typer.Exit(EXIT_BAD_INPUT) from None
 
-    out.mkdir(parents=True, exist_ok=True)
     done = [0]
 
     def progress(outcome) -> None:
@@ -114,28 +127,29 @@ def quantify(
         state = "ok" if outcome.ok else f"FAILED: {outcome.failure.message}"
         print(f"[{done[0]}/{len(ids)}] {outcome.participant_id}: {state}", flush=True)
 
-    if profile is None:
-        ctx = nullcontext(None)
-    else:
-        from cluster import backend_for, load_profile
-
-        ctx = backend_for(load_profile(profile)).client()
-    with ctx as client:
-        outcomes = quantify_cohort(store, ids, config=config, covariates=cov, client=client,
-                                   traceback_dir=out / "tracebacks", on_done=progress)
-    muscle_df, participant_df = assemble_tables(outcomes)
-    mpath, ppath = write_tables(muscle_df, participant_df, out)
-    _, failures = split_outcomes(outcomes)
+    inputs = command_inputs("quantify", store, config, covariates=cov, parts_dir=out / "parts")
+    try:
+        with ExitStack() as stack:
+            run = run_participant_stage(
+                QUANTIFY, ids, inputs, clients=Clients(profile, stack), quiet=True,
+                traceback_dir=out / "tracebacks",
+                max_in_flight=profile.max_in_flight if profile else None, on_done=progress)
+    except ClusterUnavailable as e:
+        error(f"cluster {cluster!r}: {e}")
+        raise typer.Exit(EXIT_NO_CLUSTER) from None
+    muscle_df, participant_df = read_parts(inputs.parts_dir, run.current)
+    paths = write_metrics_tables(out, muscle_df, participant_df)
     fpath = out / "failures.parquet"
-    failures_frame(failures).to_parquet(fpath, index=False)
+    write_failures_table(fpath, run.failures)
     flagged = int((participant_df["qc_flags"].fillna("") != "").sum()) if len(participant_df) else 0
     print(f"quantified {len(participant_df)}/{len(ids)} participants "
-          f"({len(muscle_df)} muscle rows, {flagged} with QC flags): {mpath}, {ppath}")
-    if failures:
-        print(f"{len(failures)} failed: see {fpath}")
-        raise typer.Exit(1)
+          f"({len(muscle_df)} muscle rows, {flagged} with QC flags): "
+          f"{paths['muscle_metrics']}, {paths['participant_metrics']}")
+    if run.failures:
+        print(f"{len(run.failures)} failed: see {fpath}")
+        raise typer.Exit(EXIT_FAILURES)
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the typer app."""
-    app.command("quantify")(quantify)
+    app.command("quantify", cls=PlainHelpCommand, short_help="Fat fraction and muscle metrics per participant.")(quantify)

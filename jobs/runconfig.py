@@ -1,8 +1,9 @@
-"""``RunConfig``: every stage's settings for ``myocohort run``, loaded once, frozen.
+"""``RunConfig``: every stage's settings for ``myocohort run``, built at once, typed, frozen.
 
-An optional YAML file (``--config``) has one section per stage; each section's keys are the
-fields of that stage's frozen config class (``IngestConfig``, ``SegmentConfig``,
-``QuantifyConfig``, ``ModelSpec`` for ``stats``) plus a ``run`` section::
+An optional YAML file (``--config``) has one section per stage of the registry
+(:mod:`jobs.stages`) plus a ``run`` section; each section's keys are the fields of that
+stage's frozen config class (``IngestConfig``, ``SegmentConfig``, ``QuantifyConfig``,
+``ModelSpec`` for ``stats``, ``ReportConfig`` for ``report``)::
 
     run:
       max_in_flight: 8        # participants submitted at once (default: 2 per worker thread)
@@ -12,29 +13,28 @@ fields of that stage's frozen config class (``IngestConfig``, ``SegmentConfig``,
     stats:
       outcome: cbp
 
-Unknown sections or keys are an error naming the file and the valid keys.  Each stage's
-config hash (part of the ledger key) is computed from its dataclass fields, so changing a
-setting reprocesses exactly the stages it affects.
+Loading builds every stage's config object, so an unknown section or key, a value of the
+wrong type or out of range is found before a cluster starts or an image is read: a
+:class:`ConfigError` listing every problem, each naming the file, section, key, value and
+the valid keys (or values).  Each stage's config hash (part of the ledger key) is computed
+from its dataclass fields, so changing a setting reprocesses exactly the stages it affects.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from jobs.ledger import stable_hash
 
-#: stage -> (module, class) of its frozen config
-STAGE_CONFIGS: dict[str, tuple[str, str]] = {
-    "ingest": ("pipelines.ingest", "IngestConfig"),
-    "segment": ("pipelines.segment", "SegmentConfig"),
-    "quantify": ("pipelines.quantify", "QuantifyConfig"),
-    "stats": ("pipelines.stats.model", "ModelSpec"),
-}
 GPU_MODES = ("auto", "on", "off")
+RUN_SECTION = "run"
 
 
 def pipeline_version() -> str:
@@ -49,10 +49,17 @@ def pipeline_version() -> str:
 
 @dataclass(frozen=True)
 class RunOptions:
-    """Settings of the run itself (not of a stage)."""
+    """Settings of the run itself (not of a stage).
+
+    Parameters
+    ----------
+    max_in_flight : most participants submitted at once (None: 2 per worker thread).
+    gpu : route GPU-capable stages to workers offering ``GPU``: ``auto`` (when some worker
+        offers it), ``on`` (always; fails without GPU workers), ``off`` (never).
+    """
 
     max_in_flight: int | None = None
-    gpu: str = "auto"
+    gpu: Literal["auto", "on", "off"] = "auto"
 
     def __post_init__(self) -> None:
         if self.gpu not in GPU_MODES:
@@ -65,33 +72,180 @@ class RunOptions:
                              f"{self.max_in_flight!r}")
 
 
-def _config_class(stage: str) -> type:
-    module, name = STAGE_CONFIGS[stage]
-    return getattr(importlib.import_module(module), name)
+# --------------------------------------------------------------------------------------------
+# errors
 
 
-def _coerce(cls: type, key: str, value: Any) -> Any:
-    """YAML lists become tuples (the configs are frozen and hashable)."""
-    if isinstance(value, list):
-        return tuple(tuple(v) if isinstance(v, list) else v for v in value)
-    return value
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One problem of a run config: where it is and what is wrong."""
+
+    source: str
+    section: str
+    key: str | None
+    value: Any
+    problem: str
+    valid: tuple[str, ...] = ()
+
+    @property
+    def message(self) -> str:
+        where = f"{self.source}: section {self.section!r}"
+        if self.key is not None:
+            where += f": key {self.key!r}: value {self.value!r}"
+        text = f"{where}: {self.problem}"
+        if self.valid:
+            text += f"; valid: {', '.join(self.valid)}"
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"file": self.source, "section": self.section, "key": self.key,
+                "value": repr(self.value), "problem": self.problem, "valid": list(self.valid)}
 
 
-def build_stage_config(stage: str, values: dict[str, Any] | None = None,
-                       where: str = "run config") -> Any:
-    """The stage's config dataclass from a mapping of field values (defaults for the rest)."""
-    cls = _config_class(stage)
+class ConfigError(ValueError):
+    """A run config that cannot be used; ``problems`` lists every problem found."""
+
+    def __init__(self, problems: list[ConfigProblem]) -> None:
+        self.problems = tuple(problems)
+        super().__init__("\n".join(p.message for p in self.problems))
+
+
+# --------------------------------------------------------------------------------------------
+# typed values
+
+
+class _Mismatch(ValueError):
+    """A value does not fit its annotation; the message says what was expected."""
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if tp is bool:
+        return "true or false"
+    if tp is int:
+        return "an integer"
+    if tp is float:
+        return "a number"
+    if tp is str:
+        return "a string"
+    if tp in (Path,):
+        return "a path"
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _describe(a)
+                           for a in typing.get_args(tp))
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_describe(args[0]).removeprefix('a ').removeprefix('an ')}s"
+        return f"a list of {len(args)} values ({', '.join(_describe(a) for a in args)})"
+    return getattr(tp, "__name__", str(tp))
+
+
+def coerce(value: Any, tp: Any) -> Any:
+    """``value`` (as YAML gives it) converted to annotation ``tp``; lists become tuples.
+
+    Raises
+    ------
+    _Mismatch
+        the value does not fit (the message says what was expected).
+    """
+    origin = typing.get_origin(tp)
+    if tp is Any or tp is object:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return coerce(value, arg)
+            except _Mismatch:
+                continue
+        raise _Mismatch(f"expected {_describe(tp)}")
+    if origin is Literal:
+        if value in typing.get_args(tp) and not isinstance(value, bool):
+            return value
+        raise _Mismatch(f"expected {_describe(tp)}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise _Mismatch("expected true or false")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise _Mismatch("expected an integer")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise _Mismatch("expected a number")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise _Mismatch("expected a string")
+    if tp is Path:
+        if isinstance(value, (str, Path)):
+            return Path(value).expanduser()
+        raise _Mismatch("expected a path")
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if isinstance(value, dict):  # {column: level} for pairs
+            value = list(value.items())
+        if isinstance(value, str) or not isinstance(value, (list, tuple)):
+            raise _Mismatch(f"expected {_describe(tp)}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(coerce(v, args[0]) for v in value)
+        if len(value) != len(args):
+            raise _Mismatch(f"expected {_describe(tp)}")
+        return tuple(coerce(v, a) for v, a in zip(value, args, strict=True))
+    return value  # an annotation we do not check: the class validates it
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    module = importlib.import_module(cls.__module__)
+    hints = typing.get_type_hints(cls, globalns=vars(module))
+    return {f.name: hints.get(f.name, Any) for f in dataclasses.fields(cls) if f.init}
+
+
+def build_config(cls: type, values: dict[str, Any] | None, *, source: str, section: str
+                 ) -> tuple[Any, list[ConfigProblem]]:
+    """Build the frozen config ``cls`` from a mapping of field values (defaults for the rest).
+
+    Returns the object (None when a problem was found) and every problem found: unknown
+    keys (with the closest valid name), values of the wrong type, and values the class
+    itself refuses (its ``__post_init__``), each attributed to its key.
+    """
     values = dict(values or {})
-    if dataclasses.is_dataclass(cls):
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"{where}: section {stage!r}: unknown key(s) {unknown}; "
-                             f"valid: {sorted(names)}")
+    types_ = _field_types(cls)
+    valid = tuple(sorted(types_))
+    problems: list[ConfigProblem] = []
+    typed: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in types_:
+            close = difflib.get_close_matches(str(key), valid, n=1)
+            hint = f"unknown key{f' (did you mean {close[0]!r}?)' if close else ''}"
+            problems.append(ConfigProblem(source, section, str(key), value, hint, valid))
+            continue
+        try:
+            typed[key] = coerce(value, types_[key])
+        except _Mismatch as e:
+            problems.append(ConfigProblem(source, section, key, value, str(e)))
     try:
-        return cls(**{k: _coerce(cls, k, v) for k, v in values.items()})
+        obj = cls(**typed)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{where}: section {stage!r}: {e}") from e
+        # attribute the refusal to the key(s) that cause it alone
+        refused = []
+        for key, value in typed.items():
+            try:
+                cls(**{key: value})
+            except (TypeError, ValueError) as e1:
+                refused.append(ConfigProblem(source, section, key, values[key], str(e1)))
+        problems += refused or [ConfigProblem(source, section, None, None, str(e))]
+        obj = None
+    return (None, problems) if problems else (obj, [])
 
 
 def config_hash(config: Any) -> str:
@@ -103,61 +257,123 @@ def config_hash(config: Any) -> str:
     return stable_hash(type(config).__name__, repr(config))
 
 
+# --------------------------------------------------------------------------------------------
+# the run config
+
+
+def _config_class(path: str) -> type:
+    module, name = path.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _sections() -> dict[str, str]:
+    """Section name -> ``module:Class`` of its config, for every stage of the registry."""
+    from jobs.stages import config_sections
+
+    return config_sections()
+
+
 @dataclass(frozen=True)
 class RunConfig:
-    """All settings of one ``myocohort run``; stage configs are built lazily from ``raw`` so
-    that a stage's package is imported only when that stage runs."""
+    """All settings of one ``myocohort run``: the run's own options and one frozen config
+    object per configurable section, all built (and checked) when the config is loaded.
+
+    ``sections`` maps a section name (``ingest``, ``segment``, ``quantify``, ``stats``,
+    ``report``) to its config object; a section left out gets its class's defaults.
+    """
 
     run: RunOptions = field(default_factory=RunOptions)
-    raw: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...] = ()
-    source: str = ""
+    sections: tuple[tuple[str, Any], ...] = ()
+    source: str = "defaults"
 
-    def section(self, stage: str) -> dict[str, Any]:
-        for name, items in self.raw:
-            if name == stage:
-                return dict(items)
-        return {}
+    def stage(self, section: str) -> Any:
+        """The frozen config object of ``section`` (its class's defaults when not given)."""
+        for name, cfg in self.sections:
+            if name == section:
+                return cfg
+        known = _sections()
+        if section not in known:
+            raise KeyError(f"no config section {section!r}; valid: {sorted(known)}")
+        return _config_class(known[section])()
 
-    def stage(self, stage: str) -> Any:
-        """The frozen config object of ``stage``."""
-        return build_stage_config(stage, self.section(stage), self.source or "run config")
+    def replace(self, section: str, config: Any) -> RunConfig:
+        """A copy with ``section``'s config replaced (command-line overrides)."""
+        rest = tuple((n, c) for n, c in self.sections if n != section)
+        return dataclasses.replace(self, sections=(*rest, (section, config)))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every section's settings (defaults included), for logs and provenance."""
+        out: dict[str, Any] = {RUN_SECTION: dataclasses.asdict(self.run)}
+        for name in _sections():
+            cfg = self.stage(name)
+            out[name] = dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else repr(cfg)
+        return out
+
+
+def parse_run_config(data: Any, source: str) -> RunConfig:
+    """A :class:`RunConfig` from an already parsed YAML document (a mapping of sections)."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError([ConfigProblem(source, "(top level)", None, None,
+                                         "expected a mapping of sections")])
+    known = _sections()
+    valid = (RUN_SECTION, *known)
+    problems: list[ConfigProblem] = []
+    for name in data:
+        if name not in valid:
+            close = difflib.get_close_matches(str(name), valid, n=1)
+            problems.append(ConfigProblem(
+                source, str(name), None, None,
+                f"unknown section{f' (did you mean {close[0]!r}?)' if close else ''}",
+                tuple(valid)))
+    run = RunOptions()
+    built: list[tuple[str, Any]] = []
+    for name in valid:
+        section = data.get(name)
+        if section is None:
+            continue
+        if not isinstance(section, dict):
+            problems.append(ConfigProblem(source, name, None, None,
+                                          f"expected a mapping of keys, got {section!r}"))
+            continue
+        cls = RunOptions if name == RUN_SECTION else _config_class(known[name])
+        obj, found = build_config(cls, section, source=source, section=name)
+        problems += found
+        if obj is None:
+            continue
+        if name == RUN_SECTION:
+            run = obj
+        else:
+            built.append((name, obj))
+    if problems:
+        raise ConfigError(problems)
+    # sections left out are built too, so every stage's defaults are checked now
+    for name, path in known.items():
+        if name not in dict(built):
+            built.append((name, _config_class(path)()))
+    return RunConfig(run=run, sections=tuple(built), source=source)
 
 
 def load_run_config(path: str | Path | None) -> RunConfig:
-    """Read a run config YAML (or the defaults when ``path`` is None)."""
+    """Read and check a run config YAML (every stage's defaults when ``path`` is None).
+
+    Raises
+    ------
+    ConfigError
+        naming the file, section, key, value and the valid keys of every problem.
+    """
     if path is None:
-        return RunConfig()
+        return parse_run_config({}, "defaults")
     import yaml
 
     path = Path(path)
+    source = f"run config {path}"
     if not path.is_file():
-        raise ValueError(f"run config {path}: no such file")
+        raise ConfigError([ConfigProblem(source, "(file)", None, None, "no such file")])
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ValueError(f"run config {path}: not valid YAML: {e}") from e
-    if not isinstance(data, dict):
-        raise ValueError(f"run config {path}: expected a mapping of sections")
-    valid = ["run", *STAGE_CONFIGS]
-    unknown = sorted(set(data) - set(valid))
-    if unknown:
-        raise ValueError(f"run config {path}: unknown section(s) {unknown}; valid: {valid}")
-    run_section = data.get("run") or {}
-    if not isinstance(run_section, dict):
-        raise ValueError(f"run config {path}: section 'run' must be a mapping")
-    bad = sorted(set(run_section) - {f.name for f in dataclasses.fields(RunOptions)})
-    if bad:
-        raise ValueError(f"run config {path}: section 'run': unknown key(s) {bad}; valid: "
-                         f"{[f.name for f in dataclasses.fields(RunOptions)]}")
-    try:
-        run = RunOptions(**run_section)
-    except ValueError as e:
-        raise ValueError(f"run config {path}: {e}") from e
-    raw = []
-    for stage in STAGE_CONFIGS:
-        sec = data.get(stage) or {}
-        if not isinstance(sec, dict):
-            raise ValueError(f"run config {path}: section {stage!r} must be a mapping")
-        raw.append((stage, tuple(sorted(sec.items()))))
-    cfg = RunConfig(run=run, raw=tuple(raw), source=f"run config {path}")
-    return cfg
+        data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError([ConfigProblem(source, "(file)", None, None,
+                                         f"not valid YAML: {e}")]) from e
+    return parse_run_config(data, source)

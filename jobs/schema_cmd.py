@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from jobs.options import PlainHelpCommand
+
 
 def validate(
     manifest: Path = typer.Argument(..., help="Manifest CSV or Parquet (one row per image)."),
@@ -35,4 +37,4 @@ def validate(
 
 
 def register(app: typer.Typer) -> None:
-    app.command("validate")(validate)
+    app.command("validate", cls=PlainHelpCommand, short_help="Check a manifest and covariates (reads no image).")(validate)

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+from contextlib import ExitStack
 from pathlib import Path
 
 import typer
+
+from jobs.options import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILURES,
+    EXIT_NO_CLUSTER,
+    EXIT_OK,
+    PlainHelpCommand,
+    cluster_option,
+    error,
+    load_profile_or_exit,
+)
 
 
 def _channels(value: str) -> tuple[str, ...]:
@@ -63,8 +75,8 @@ def train(
     from pipelines.segment.training import train as train_store
 
     if synthetic == (store is not None):
-        print("error: give exactly one of --store STORE or --synthetic")
-        raise typer.Exit(2)
+        error("give exactly one of --store STORE or --synthetic")
+        raise typer.Exit(EXIT_BAD_INPUT)
     try:
         config = TrainConfig(
             epochs=epochs, steps_per_epoch=steps_per_epoch, batch_size=batch_size,
@@ -78,8 +90,8 @@ def train(
         else:
             result = train_store(store, out, config=config, init_from=init)
     except ValueError as e:
-        print(f"error: {e}")
-        raise typer.Exit(2) from None
+        error(str(e))
+        raise typer.Exit(EXIT_BAD_INPUT) from None
     worst = min(result.dice.items(), key=lambda kv: kv[1]) if result.dice else ("-", 0.0)
     print(f"model {result.path} (sha256 {result.sha256[:12]}): {result.steps} steps in "
           f"{result.seconds:.0f} s, validation mean Dice {result.mean_dice:.4f} "
@@ -87,59 +99,70 @@ def train(
 
 
 def segment(
-    store: Path = typer.Option(..., "--store", help="Cohort store (written by `ingest`)."),
+    store: Path = typer.Option(..., "--store", metavar="STORE.zarr",
+                               help="Cohort store (written by `ingest`)."),
     model: Path | None = typer.Option(
-        None, "--model", help="Checkpoint from `myocohort train`; default: the shipped "
-        "phantom-trained model (for demos and synthetic data only)."),
-    participants: str = typer.Option("", "--participants", help="Comma-separated "
-                                     "participant ids (default: every participant)."),
-    device: str = typer.Option("auto", "--device", help="auto (CUDA when usable), cpu, cuda "
-                               "or cuda:N."),
-    sw_batch_size: int = typer.Option(4, "--sw-batch-size", help="Sliding windows per forward "
-                                      "pass."),
-    overlap: float | None = typer.Option(None, "--overlap", help="Sliding-window overlap in "
-                                         "[0, 1) (default: the checkpoint's)."),
+        None, "--model", metavar="MODEL.pt", help="Checkpoint from `myocohort train`; "
+        "default: the shipped phantom-trained model (for demos and synthetic data only)."),
+    participants: str = typer.Option("", "--participants", metavar="IDS",
+                                     help="Comma-separated participant ids (default: every "
+                                     "participant)."),
+    device: str = typer.Option("auto", "--device", metavar="DEVICE",
+                               help="auto (CUDA when usable), cpu, cuda or cuda:N."),
+    sw_batch_size: int = typer.Option(4, "--sw-batch-size", metavar="N",
+                                      help="Sliding windows per forward pass."),
+    overlap: float | None = typer.Option(None, "--overlap", metavar="FRACTION",
+                                         help="Sliding-window overlap in [0, 1) (default: "
+                                         "the checkpoint's)."),
     force: bool = typer.Option(False, "--force", help="Also re-segment participants whose "
                                "labels came from the manifest (bring your own "
                                "segmentation); by default they are kept."),
-    scheduler: str = typer.Option("", "--scheduler", help="Address of a running Dask "
-                                  "scheduler (tcp://host:8786); default: run in this process."),
-    traceback_dir: Path | None = typer.Option(None, "--traceback-dir", help="Folder for the "
-                                              "tracebacks of failing participants."),
+    cluster: str | None = cluster_option(None),
+    traceback_dir: Path | None = typer.Option(None, "--traceback-dir", metavar="DIR",
+                                              help="Folder for the tracebacks of failing "
+                                              "participants."),
 ) -> None:
     """Segment the 18 muscles of every participant and write 'labels' into the store.
 
     Also stores per-muscle confidence (mean max-softmax) for QC under
     attrs["myocohort"]["segmentation"]. Exit code 0 when all participants succeeded, 1 when
-    some failed (listed), 2 when the model or store is unusable (nothing is done).
+    some failed (listed), 2 when the model or store is unusable (nothing is done), 3 when
+    the cluster cannot start.
     """
+    from cluster import ClusterUnavailable
+    from jobs.driver import Clients, command_inputs, run_participant_stage
+    from jobs.stages import SEGMENT
     from pipelines import store as st
-    from pipelines.segment import CheckpointError, SegmentConfig, segment_cohort
+    from pipelines.segment import SegmentConfig
 
+    profile = load_profile_or_exit(cluster)
     try:
         config = SegmentConfig(device=device, sw_batch_size=sw_batch_size, overlap=overlap,
                                force=force)
     except ValueError as e:
-        print(f"error: {e}")
-        raise typer.Exit(2) from None
+        error(str(e))
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    if not store.is_dir():
+        error(f"store {store} does not exist")
+        raise typer.Exit(EXIT_BAD_INPUT)
     ids = [p.strip() for p in participants.split(",") if p.strip()] or st.participant_ids(store)
     if not ids:
-        print(f"error: store {store} has no participants")
-        raise typer.Exit(2)
-    client = None
+        error(f"store {store} has no participants")
+        raise typer.Exit(EXIT_BAD_INPUT)
+    inputs = command_inputs("segment", store, config, model_path=model)
     try:
-        if scheduler:
-            from distributed import Client
-
-            client = Client(scheduler)
-        outcomes = segment_cohort(store, ids, model_path=model, config=config, client=client,
-                                  traceback_dir=traceback_dir)
-    except (CheckpointError, ValueError) as e:
-        print(f"error: {e}")
-        raise typer.Exit(2) from None
-    finally:
-        if client is not None:
-            client.close()
+        with ExitStack() as stack:
+            run = run_participant_stage(
+                SEGMENT, ids, inputs, clients=Clients(profile, stack), quiet=True,
+                traceback_dir=traceback_dir,
+                max_in_flight=profile.max_in_flight if profile else None)
+    except ClusterUnavailable as e:
+        error(f"cluster {cluster!r}: {e}")
+        raise typer.Exit(EXIT_NO_CLUSTER) from None
+    except ValueError as e:  # CheckpointError: the model cannot be used on these data
+        error(str(e))
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    outcomes = run.outcomes
     failed = [o for o in outcomes if not o.ok]
     done = [o for o in outcomes if o.ok and not o.value.skipped]
     kept = [o for o in outcomes if o.ok and o.value.skipped]
@@ -151,7 +174,7 @@ def segment(
         print(f"kept manifest labels of {len(kept)} participant(s) (use --force to re-segment)")
     for o in failed:
         print(f"failed: {o.failure.message}")
-    raise typer.Exit(1 if failed else 0)
+    raise typer.Exit(EXIT_FAILURES if failed else EXIT_OK)
 
 
 def export_model(
@@ -170,13 +193,13 @@ def export_model(
     try:
         path = export_torchscript(model, out)
     except CheckpointError as e:
-        print(f"error: {e}")
-        raise typer.Exit(2) from None
+        error(str(e))
+        raise typer.Exit(EXIT_BAD_INPUT) from None
     print(f"wrote {path}")
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the typer app."""
-    app.command("train")(train)
-    app.command("segment")(segment)
-    app.command("export-model")(export_model)
+    app.command("train", cls=PlainHelpCommand, short_help="Train a segmentation model on a labelled store.")(train)
+    app.command("segment", cls=PlainHelpCommand, short_help="Segment the 18 muscles into the store.")(segment)
+    app.command("export-model", cls=PlainHelpCommand, short_help="Export a checkpoint as TorchScript.")(export_model)

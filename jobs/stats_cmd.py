@@ -6,10 +6,19 @@ from pathlib import Path
 
 import typer
 
+from jobs.options import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILURES,
+    PlainHelpCommand,
+    config_option,
+    error,
+    load_config_or_exit,
+)
+
 
 def fit(
     table: Path = typer.Argument(
-        ..., help="One row per participant (participant metrics joined with covariates), "
+        ..., metavar="TABLE", help="One row per participant (participant metrics joined with covariates), "
         "CSV or Parquet, e.g. WORKDIR/tables/cohort.parquet."),
     outcome: str = typer.Option("cbp", "--outcome", help="0/1 outcome column."),
     exposure: list[str] = typer.Option(
@@ -40,13 +49,14 @@ def fit(
     Rows with a missing value in any model column are dropped and counted. Exit code 2 on bad
     input (missing column, constant exposure, perfect separation), with the reason.
     """
-    from pipelines.stats import DEFAULT_ADJUST, ModelSpec, fit_model, read_cohort_table
+    from jobs.stages import FIT, write_fit
+    from pipelines.stats import DEFAULT_ADJUST, ModelSpec, read_cohort_table
 
     refs = dict(ModelSpec().references)
     for r in reference or ():
         if "=" not in r:
-            print(f"error: --reference {r!r}: expected COLUMN=LEVEL")
-            raise typer.Exit(2)
+            error(f"--reference {r!r}: expected COLUMN=LEVEL")
+            raise typer.Exit(EXIT_BAD_INPUT)
         k, v = r.split("=", 1)
         refs[k.strip()] = v.strip()
     try:
@@ -57,11 +67,11 @@ def fit(
             group=group, nagq=nagq, references=tuple(refs.items()),
         )
         df = read_cohort_table(table)
-        res = fit_model(df, spec)
+        res = FIT.function(df, spec)
     except ValueError as e:
-        print(f"error: {table}: {e}")
-        raise typer.Exit(2) from None
-    res.to_json(out)
+        error(f"{table}: {e}")
+        raise typer.Exit(EXIT_BAD_INPUT) from None
+    write_fit(res, out)
     print(f"{res.method} (nAGQ={res.nagq}) on {res.n} rows ({res.n_dropped} dropped for missing "
           f"values), {res.events} events, {res.groups} groups; group SD {res.group_sd:.4g}"
           f"{' (singular fit)' if res.singular else ''}; converged={res.converged}")
@@ -71,34 +81,52 @@ def fit(
     print(f"wrote {out}")
     if not res.converged:
         print("warning: the fit did not converge: " + "; ".join(res.messages))
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILURES)
 
 
 def report(
     workdir: Path = typer.Argument(
-        ..., help="Run directory with tables/cohort.parquet (and tables/muscle_metrics.parquet)."),
-    nagq: int = typer.Option(25, "--nagq", min=1, max=100,
-                             help="Gauss-Hermite nodes for the report's models (1 = Laplace)."),
+        ..., metavar="WORKDIR", help="Run directory with tables/cohort.parquet (and "
+        "tables/muscle_metrics.parquet); a results/fit.json of the same main model is "
+        "reused."),
+    nagq: int | None = typer.Option(None, "--nagq", min=1, max=100, metavar="N",
+                                    help="Gauss-Hermite nodes for the report's models (1 = "
+                                    "Laplace); default: the config's stats.nagq (25)."),
+    config: Path | None = config_option(),
     out: Path | None = typer.Option(
-        None, "--out", help="Report HTML path (default WORKDIR/results/report.html); the CSV/JSON "
-        "of every number shown go next to it."),
+        None, "--out", metavar="FILE.html", help="Report HTML path (default "
+        "WORKDIR/results/report.html); the CSV/JSON of every number shown go next to it."),
 ) -> None:
     """Write a self-contained HTML report (figures embedded) with Table 1, the main and
     stratified models, the pain-intensity model, the figures (forest plot, OR heatmap,
     nomogram, box plots, metrics by site) and, when the table has diagnosis and disease
     duration, the myopathy analysis; plus CSV/JSON of every number shown.
-    """
-    from pipelines.report import ReportConfig, build_report
 
+    The main model is the config's stats section (the defaults without --config); when
+    WORKDIR/results/fit.json holds a fit of exactly that model, it is reused, not refitted.
+    """
+    import dataclasses
+
+    from jobs.stages import FIT_FILE, REPORT, read_fit
+
+    cfg = load_config_or_exit(config)
+    spec = cfg.stage("stats")
+    if nagq is not None:
+        spec = dataclasses.replace(spec, nagq=nagq)
+    fitted = None
+    previous = read_fit(workdir / "results" / FIT_FILE)
+    if previous is not None and previous[0] == spec:
+        fitted = {spec: previous[1]}
     try:
-        path = build_report(workdir, ReportConfig(nagq=nagq, out=out))
+        path = REPORT.function(workdir, cfg.stage("report"), model=spec, fitted=fitted,
+                               out=out)
     except ValueError as e:
-        print(f"error: {workdir}: {e}")
-        raise typer.Exit(2) from None
+        error(f"{workdir}: {e}")
+        raise typer.Exit(EXIT_BAD_INPUT) from None
     print(f"wrote {path}")
 
 
 def register(app: typer.Typer) -> None:
     """Add ``fit`` and ``report`` to the typer app."""
-    app.command("fit")(fit)
-    app.command("report")(report)
+    app.command("fit", cls=PlainHelpCommand, short_help="Fit the random-intercept logistic model (fit.json).")(fit)
+    app.command("report", cls=PlainHelpCommand, short_help="Write the HTML report and its numbers.")(report)

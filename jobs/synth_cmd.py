@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from jobs.options import PlainHelpCommand
+
 
 def synth(
     out: Path = typer.Option(..., "--out", help="Cohort folder to create (files in it are "
@@ -83,4 +85,4 @@ def synth(
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the typer app."""
-    app.command("synth")(synth)
+    app.command("synth", cls=PlainHelpCommand, short_help="Write a synthetic Dixon cohort with planted effects.")(synth)

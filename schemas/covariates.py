@@ -161,3 +161,23 @@ def load_covariates(path: str | Path):
                 result[col] = result[col].astype("string")
     result["participant_id"] = result["participant_id"].astype("string")
     return result.set_index("participant_id", drop=True)
+
+
+def covariates_row(covariates, participant_id: str) -> dict | None:
+    """One participant's covariates as plain Python values (``None`` for missing cells,
+    ``float``/``str`` otherwise), from a table as :func:`load_covariates` returns it; None
+    when there is no table or the participant has no row.  The one conversion every stage
+    uses, so a participant's covariates look the same on every worker and in every key."""
+    import math
+
+    if covariates is None or participant_id not in covariates.index:
+        return None
+    row: dict = {}
+    for key, value in covariates.loc[participant_id].items():
+        if hasattr(value, "item"):  # numpy scalar
+            value = value.item()
+        if value is None or type(value).__name__ == "NAType" or (
+                isinstance(value, float) and math.isnan(value)):
+            value = None
+        row[key] = value
+    return row

@@ -104,6 +104,23 @@ class Manifest:
     def participant_ids(self) -> tuple[str, ...]:
         return tuple(p.participant_id for p in self.participants)
 
+    def get(self, participant_id: str) -> ParticipantImages:
+        """The participant's images.
+
+        Raises
+        ------
+        KeyError
+            naming the participant and the manifest.
+        """
+        by_id = self.__dict__.get("_by_id")
+        if by_id is None:  # built once: a frozen dataclass may still cache in __dict__
+            by_id = {p.participant_id: p for p in self.participants}
+            object.__setattr__(self, "_by_id", by_id)
+        try:
+            return by_id[participant_id]
+        except KeyError:
+            raise KeyError(f"manifest {self.source}: no participant {participant_id!r}") from None
+
     def subset(self, ids) -> Manifest:
         keep = set(ids)
         return Manifest(self.source, tuple(p for p in self.participants if p.participant_id in keep))

@@ -72,26 +72,19 @@ def validate_metrics_frame(df, columns: tuple[Column, ...], what: str):
     return out
 
 
-def write_metrics_parquet(df, path, columns: tuple[Column, ...], what: str) -> None:
-    """Validate and write a metrics table with ``schema_version`` in the Parquet metadata,
-    atomically (temporary file then rename)."""
-    import os
-    from pathlib import Path
-
+def metrics_arrow_table(df, columns: tuple[Column, ...] | None, what: str):
+    """A validated metrics table (``columns`` cast to their dtypes; None: no column
+    contract, e.g. the cohort table) as a ``pyarrow.Table`` carrying ``schema_version`` and
+    the table's name in its Parquet metadata; the caller writes it (atomically)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    df = validate_metrics_frame(df, columns, what)
+    if columns is not None:
+        df = validate_metrics_frame(df, columns, what)
     table = pa.Table.from_pandas(df, preserve_index=False)
     meta = dict(table.schema.metadata or {})
     meta[b"myocohort_schema_version"] = SCHEMA_VERSION.encode()
     meta[b"myocohort_table"] = what.encode()
-    table = table.replace_schema_metadata(meta)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    return table.replace_schema_metadata(meta)
 
 
 def read_metrics_parquet(path, columns: tuple[Column, ...], what: str):

@@ -1,5 +1,6 @@
 """The cohort tables: muscle metrics, participant metrics, and participant metrics joined
-with covariates (``cohort.parquet``, the statistics' input)."""
+with covariates (``cohort.parquet``, the statistics' input), and the one writer of all
+three (``myocohort run`` and ``myocohort quantify`` both write through it)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,13 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import pandas as pd
+
+#: File names of the tables in a tables folder.
+TABLE_FILES = {
+    "muscle_metrics": "muscle_metrics.parquet",
+    "participant_metrics": "participant_metrics.parquet",
+    "cohort": "cohort.parquet",
+}
 
 
 def build_cohort_table(participant_metrics: pd.DataFrame, covariates: pd.DataFrame | None,
@@ -44,28 +52,61 @@ def build_cohort_table(participant_metrics: pd.DataFrame, covariates: pd.DataFra
     return out.sort_values("participant_id", kind="stable").reset_index(drop=True)
 
 
-def write_cohort_tables(tables_dir: str | Path, muscle_df: pd.DataFrame,
-                        participant_df: pd.DataFrame, cohort_df: pd.DataFrame) -> dict[str, Path]:
-    """Write ``muscle_metrics.parquet``, ``participant_metrics.parquet`` (validated, with the
-    schema version) and ``cohort.parquet``, each atomically."""
-    import os
+def order_muscle_rows(muscle_df: pd.DataFrame) -> pd.DataFrame:
+    """Muscle rows sorted by participant, then by muscle in vocabulary order (left before
+    right, the order of ``schemas.vocabulary``); muscles outside the vocabulary last, by name."""
+    from schemas.vocabulary import MUSCLE_NAMES
 
-    from schemas.metrics import MUSCLE_METRICS, PARTICIPANT_METRICS, write_metrics_parquet
+    if muscle_df.empty:
+        return muscle_df.reset_index(drop=True)
+    order = {m: i for i, m in enumerate(MUSCLE_NAMES)}
+    rank = muscle_df["muscle"].map(order).fillna(len(order))
+    return (muscle_df.assign(_rank=rank)
+            .sort_values(["participant_id", "_rank", "muscle"], kind="stable")
+            .drop(columns="_rank").reset_index(drop=True))
+
+
+def order_participant_rows(participant_df: pd.DataFrame) -> pd.DataFrame:
+    """Participant rows sorted by id, with the extra quantify columns typed (asymmetry and
+    ``signal_floor`` float64, ``qc_detail`` string) even when a column is all missing."""
+    from schemas.metrics import ASYMMETRY_PREFIX
+
+    pdf = participant_df.copy()
+    for col in pdf.columns:
+        if col.startswith(ASYMMETRY_PREFIX) or col == "signal_floor":
+            pdf[col] = pdf[col].astype("float64")
+    if "qc_detail" in pdf.columns:
+        pdf["qc_detail"] = pdf["qc_detail"].astype("str")
+    if pdf.empty:
+        return pdf.reset_index(drop=True)
+    return pdf.sort_values("participant_id", kind="stable").reset_index(drop=True)
+
+
+def write_metrics_tables(tables_dir: str | Path, muscle_df: pd.DataFrame,
+                         participant_df: pd.DataFrame,
+                         cohort_df: pd.DataFrame | None = None) -> dict[str, Path]:
+    """Write ``muscle_metrics.parquet``, ``participant_metrics.parquet`` (validated against
+    :mod:`schemas.metrics`) and, when given, ``cohort.parquet``, each atomically and with the
+    schema version in its Parquet metadata.  Muscle rows in vocabulary order
+    (:func:`order_muscle_rows`), participants by id.  Returns table name -> path."""
+    import pandas as pd
+
+    from pipelines._io import write_parquet_atomic
+    from schemas.metrics import MUSCLE_METRICS, PARTICIPANT_METRICS, metrics_arrow_table
 
     d = Path(tables_dir)
-    d.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "muscle_metrics": d / "muscle_metrics.parquet",
-        "participant_metrics": d / "participant_metrics.parquet",
-        "cohort": d / "cohort.parquet",
+    if muscle_df.columns.empty:  # no participant: typed empty tables
+        muscle_df = pd.DataFrame({c.name: [] for c in MUSCLE_METRICS})
+    if participant_df.columns.empty:
+        participant_df = pd.DataFrame({c.name: [] for c in PARTICIPANT_METRICS})
+    frames = {
+        "muscle_metrics": (order_muscle_rows(muscle_df), MUSCLE_METRICS),
+        "participant_metrics": (order_participant_rows(participant_df), PARTICIPANT_METRICS),
     }
-    muscle_df = muscle_df.sort_values(["participant_id", "muscle"], kind="stable")
-    participant_df = participant_df.sort_values("participant_id", kind="stable")
-    write_metrics_parquet(muscle_df.reset_index(drop=True), paths["muscle_metrics"],
-                          MUSCLE_METRICS, "muscle_metrics")
-    write_metrics_parquet(participant_df.reset_index(drop=True), paths["participant_metrics"],
-                          PARTICIPANT_METRICS, "participant_metrics")
-    tmp = paths["cohort"].with_name(f".cohort.parquet.tmp-{os.getpid()}")
-    cohort_df.to_parquet(tmp, index=False)
-    os.replace(tmp, paths["cohort"])
+    if cohort_df is not None:
+        frames["cohort"] = (cohort_df.reset_index(drop=True), None)
+    paths = {}
+    for name, (df, columns) in frames.items():
+        paths[name] = write_parquet_atomic(metrics_arrow_table(df, columns, name),
+                                           d / TABLE_FILES[name])
     return paths

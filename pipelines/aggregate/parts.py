@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -16,12 +15,6 @@ def part_paths(parts_dir: str | Path, participant_id: str) -> tuple[Path, Path]:
     return d / f"{participant_id}.muscle.parquet", d / f"{participant_id}.participant.parquet"
 
 
-def _write_atomic(df: pd.DataFrame, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
-
-
 def write_part(parts_dir: str | Path, participant_id: str, muscle_metrics: pd.DataFrame,
                participant_metrics: dict[str, Any] | pd.DataFrame) -> None:
     """Persist one participant's quantify result (replacing an older one).
@@ -30,6 +23,8 @@ def write_part(parts_dir: str | Path, participant_id: str, muscle_metrics: pd.Da
     killed between the two writes leaves a part that :func:`has_part` reports as missing.
     """
     import pandas as pd
+
+    from pipelines._io import write_parquet_atomic
 
     muscle_path, participant_path = part_paths(parts_dir, participant_id)
     muscle_path.parent.mkdir(parents=True, exist_ok=True)
@@ -51,8 +46,8 @@ def write_part(parts_dir: str | Path, participant_id: str, muscle_metrics: pd.Da
     if bad or str(pm["participant_id"].iloc[0]) != participant_id:
         raise ValueError(f"participant {participant_id}: quantify result names other "
                          f"participants {sorted(bad) or [pm['participant_id'].iloc[0]]}")
-    _write_atomic(mm, muscle_path)
-    _write_atomic(pm, participant_path)
+    write_parquet_atomic(mm, muscle_path)
+    write_parquet_atomic(pm, participant_path)
 
 
 def has_part(parts_dir: str | Path, participant_id: str) -> bool:
@@ -60,7 +55,20 @@ def has_part(parts_dir: str | Path, participant_id: str) -> bool:
     return all(p.exists() for p in part_paths(parts_dir, participant_id))
 
 
+def parts_present(parts_dir: str | Path) -> set[str]:
+    """Participants with a complete part in ``parts_dir`` (one listing of the folder)."""
+    d = Path(parts_dir)
+    if not d.is_dir():
+        return set()
+    names = {p.name for p in d.iterdir()}
+    suffix = ".participant.parquet"
+    return {n[: -len(suffix)] for n in names
+            if n.endswith(suffix) and not n.startswith(".")
+            and f"{n[: -len(suffix)]}.muscle.parquet" in names}
+
+
 def remove_part(parts_dir: str | Path, participant_id: str) -> None:
+    """Delete a participant's part (the participant file first, so no half part remains)."""
     for p in reversed(part_paths(parts_dir, participant_id)):
         p.unlink(missing_ok=True)
 
@@ -83,13 +91,3 @@ def read_parts(parts_dir: str | Path, participant_ids) -> tuple[pd.DataFrame, pd
     participant_df = (pd.concat(participants, ignore_index=True) if participants
                       else pd.DataFrame())
     return muscle_df, participant_df
-
-
-def quantify_task(item: tuple[str, dict[str, Any] | None], *, store: str, config: Any) -> Any:
-    """Worker-side adapter: ``quantify_participant`` for one ``(participant_id, covariates)``
-    item, so each participant gets its own covariates row through ``map_participants``."""
-    from pipelines.quantify import quantify_participant
-
-    participant_id, covariates = item
-    return quantify_participant(participant_id, store=store, config=config,
-                                covariates=covariates)

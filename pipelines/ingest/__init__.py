@@ -15,12 +15,11 @@ from pipelines.ingest.stage import (
     ImageValueError,
     IngestConfig,
     IngestResult,
-    ingest_cohort,
     ingest_participant,
 )
 
 __all__ = [
     "STAGE", "GridMismatchError", "ImageValueError", "IngestConfig", "IngestResult",
-    "ReaderError", "Volume", "export_nifti", "ingest_cohort", "ingest_participant",
+    "ReaderError", "Volume", "export_nifti", "ingest_participant",
     "read_volume",
 ]

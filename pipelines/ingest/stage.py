@@ -1,8 +1,8 @@
 """The ingest stage: one participant's manifest rows -> one Zarr group.
 
 :func:`ingest_participant` is the per-participant kernel (reads, checks, stitches, writes,
-all in this one task so every shard is written by one task); :func:`ingest_cohort` is the thin
-Dask wrapper (:func:`pipelines._dask.map_participants`).
+all in this one task so every shard is written by one task).  The cohort fan-out is the stage
+registry's (``jobs.stages``, through :func:`pipelines._dask.map_participants`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipelines import store as zstore
-from pipelines._dask import map_participants
 from pipelines.errors import ParticipantError
 from pipelines.ingest.geometry import Grid, common_grid, integer_shift, same_grid, stitch
 from pipelines.ingest.readers import ReaderError, Volume, hash_source, read_volume
@@ -27,10 +26,8 @@ from schemas.layout import IMAGE_ARRAYS, LABELS_ARRAY, GroupAttrs
 from schemas.manifest import IMAGE_CHANNELS
 
 if TYPE_CHECKING:
-    from distributed import Client
 
-    from pipelines._dask import Outcome
-    from schemas.manifest import ImageRef, Manifest, ParticipantImages
+    from schemas.manifest import ImageRef, ParticipantImages
 
 log = logging.getLogger(__name__)
 
@@ -376,26 +373,3 @@ def _attrs(images: ParticipantImages, grid: Grid, water_grids: dict[int, Grid],
 
 def _resampled_stations(water_grids: dict[int, Grid], grid: Grid, stations) -> list[int]:
     return [int(s) for s in stations if integer_shift(water_grids[s], grid) is None]
-
-
-def ingest_cohort(
-    manifest: Manifest,
-    store: str | Path,
-    *,
-    config: IngestConfig | None = None,
-    client: Client | None = None,
-    traceback_dir: str | Path | None = None,
-    on_done=None,
-) -> list[Outcome]:
-    """Ingest every participant of ``manifest`` into ``store`` (in parallel on ``client``).
-
-    One task per participant; a failing participant becomes a failed :class:`Outcome`
-    (participant, stage ``ingest``, error type, message) and every other participant is
-    still ingested.  Each task holds one participant's volumes in memory.
-    """
-    zstore.ensure_store(store)
-    return map_participants(
-        ingest_participant, manifest.participants, stage=STAGE, client=client,
-        traceback_dir=traceback_dir, on_done=on_done, store=str(store),
-        config=config or IngestConfig(),
-    )

@@ -2,7 +2,8 @@
 
 Kernels (:mod:`pipelines.quantify.kernels`) are pure functions on one in-memory NumPy or CuPy
 array; :mod:`pipelines.quantify.volume` applies them to a whole volume or chunk by chunk with
-Dask; :mod:`pipelines.quantify.stage` reads the store and fans out over participants.
+Dask; :mod:`pipelines.quantify.stage` reads one participant from the store (the cohort fan-out is
+the stage registry's, ``jobs.stages``).
 Definitions: docs/quantify.md.
 """
 
@@ -10,18 +11,16 @@ from __future__ import annotations
 
 from pipelines.quantify.config import QuantifyConfig
 from pipelines.quantify.stage import (
+    QuantifyItem,
     QuantifyResult,
-    assemble_tables,
-    quantify_cohort,
+    quantify_item,
     quantify_participant,
-    write_tables,
 )
 
 __all__ = [
     "QuantifyConfig",
+    "QuantifyItem",
     "QuantifyResult",
-    "assemble_tables",
-    "quantify_cohort",
+    "quantify_item",
     "quantify_participant",
-    "write_tables",
 ]

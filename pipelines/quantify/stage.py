@@ -1,11 +1,12 @@
-"""The quantify stage per participant and per cohort (the thin wrapper around the kernels)."""
+"""The quantify stage for one participant: read its arrays from the store, run the kernels
+(:mod:`pipelines.quantify.volume`), store ``ff`` and return its metrics.  The cohort fan-out
+is the stage registry's (``jobs.stages``), through :func:`pipelines._dask.map_participants`."""
 
 from __future__ import annotations
 
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,19 +15,12 @@ import numpy as np
 
 from pipelines.errors import ParticipantError
 from pipelines.quantify.config import QuantifyConfig
-from pipelines.quantify.tables import (
-    ASYMMETRY_COLUMNS,
-    empty_muscle_frame,
-    muscle_rows,
-    participant_row,
-)
+from pipelines.quantify.tables import empty_muscle_frame, muscle_rows, participant_row
 from schemas.layout import FF_ARRAY, LABELS_ARRAY
 
 if TYPE_CHECKING:
     import pandas as pd
-    from distributed import Client
 
-    from pipelines._dask import Outcome
     from pipelines.quantify.volume import VolumeResult
 
 log = logging.getLogger(__name__)
@@ -244,122 +238,17 @@ def quantify_participant(
 
 
 @dataclass(frozen=True)
-class _Item:
+class QuantifyItem:
+    """One participant's quantify task: its id and covariates row (plain values, see
+    :func:`schemas.covariates.covariates_row`), so each participant travels to its worker with
+    its own covariates."""
+
     participant_id: str
-    covariates: dict | None
+    covariates: dict | None = None
 
 
-def _quantify_item(item: _Item, *, store: str, config: QuantifyConfig) -> QuantifyResult:
+def quantify_item(item: QuantifyItem, *, store: str | Path, config: QuantifyConfig | None = None
+                  ) -> QuantifyResult:
+    """:func:`quantify_participant` for one :class:`QuantifyItem` (the stage's task)."""
     return quantify_participant(item.participant_id, store=store, config=config,
                                 covariates=item.covariates)
-
-
-def _covariates_for(covariates: Any, pid: str) -> dict | None:
-    if covariates is None:
-        return None
-    if hasattr(covariates, "index") and hasattr(covariates, "loc"):  # pandas DataFrame
-        if pid not in covariates.index:
-            return None
-        row = covariates.loc[pid]
-        return {k: (None if _is_na(v) else v) for k, v in row.to_dict().items()}
-    if isinstance(covariates, Mapping):
-        value = covariates.get(pid)
-        return dict(value) if value is not None else None
-    raise TypeError(f"covariates must be a DataFrame or a mapping, not {type(covariates)}")
-
-
-def _is_na(v: Any) -> bool:
-    try:
-        import pandas as pd
-
-        return bool(pd.isna(v))
-    except (TypeError, ValueError):
-        return False
-
-
-def quantify_cohort(
-    store: str | Path,
-    participant_ids: Iterable[str],
-    *,
-    config: QuantifyConfig | None = None,
-    covariates: Any = None,
-    client: Client | None = None,
-    resources: dict[str, float] | None = None,
-    traceback_dir: str | Path | None = None,
-    on_done: Callable[[Outcome], None] | None = None,
-) -> list[Outcome]:
-    """Quantify every participant (in-process when ``client`` is None, else on the cluster).
-
-    Parameters
-    ----------
-    store : cohort store path.
-    participant_ids : groups to quantify.
-    config : stage settings.
-    covariates : a DataFrame indexed by participant_id (``schemas.covariates.load_covariates``)
-        or a mapping participant_id -> dict; None leaves lmm_index and the quotient empty.
-    client : a ``distributed.Client`` or None.
-    resources : worker resources per task; default ``{"GPU": 1}`` when ``config.device`` is
-        ``"gpu"`` and a client is given.
-    traceback_dir : where failing participants' tracebacks are written.
-    on_done : called with each Outcome as it completes.
-
-    Returns
-    -------
-    list of :class:`pipelines._dask.Outcome` whose values are :class:`QuantifyResult`.
-    """
-    from pipelines._dask import map_participants
-
-    config = config or QuantifyConfig()
-    if resources is None and client is not None and config.device == "gpu":
-        resources = {"GPU": 1}
-    items = [_Item(pid, _covariates_for(covariates, pid)) for pid in participant_ids]
-    return map_participants(
-        _quantify_item, items, stage=STAGE, client=client, resources=resources,
-        traceback_dir=traceback_dir, on_done=on_done, store=str(store), config=config,
-    )
-
-
-def assemble_tables(outcomes: Iterable[Outcome]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(muscle_metrics, participant_metrics) from the successful outcomes, validated against
-    ``schemas.metrics`` and sorted by participant (muscles in vocabulary order).  Participant
-    metrics carry one ``asym_<base>_intermat_pct`` column per muscle pair."""
-    import pandas as pd
-
-    from schemas.metrics import (
-        MUSCLE_METRICS,
-        PARTICIPANT_METRIC_NAMES,
-        PARTICIPANT_METRICS,
-        validate_metrics_frame,
-    )
-    from schemas.vocabulary import MUSCLE_NAMES
-
-    results = [o.value for o in outcomes if o.ok and o.value is not None]
-    frames = [r.muscle_metrics for r in results if len(r.muscle_metrics)]
-    mdf = pd.concat(frames, ignore_index=True) if frames else empty_muscle_frame()
-    mdf = validate_metrics_frame(mdf, MUSCLE_METRICS, "muscle_metrics")
-    if len(mdf):
-        order = {m: i for i, m in enumerate(MUSCLE_NAMES)}
-        mdf = (mdf.assign(_o=mdf["muscle"].map(order))
-               .sort_values(["participant_id", "_o"], kind="stable")
-               .drop(columns="_o").reset_index(drop=True))
-    columns = [*PARTICIPANT_METRIC_NAMES, *ASYMMETRY_COLUMNS, "qc_detail", "signal_floor"]
-    pdf = pd.DataFrame([r.participant_metrics for r in results], columns=columns)
-    pdf = validate_metrics_frame(pdf, PARTICIPANT_METRICS, "participant_metrics")
-    for col in (*ASYMMETRY_COLUMNS, "signal_floor"):
-        pdf[col] = pdf[col].astype("float64")
-    pdf["qc_detail"] = pdf["qc_detail"].astype("string")
-    pdf = pdf.sort_values("participant_id", kind="stable").reset_index(drop=True)
-    return mdf, pdf
-
-
-def write_tables(muscle_df: pd.DataFrame, participant_df: pd.DataFrame, out_dir: str | Path
-                 ) -> tuple[Path, Path]:
-    """Write ``muscle_metrics.parquet`` and ``participant_metrics.parquet`` into ``out_dir``
-    (atomic, with the schema version in the Parquet metadata)."""
-    from schemas.metrics import MUSCLE_METRICS, PARTICIPANT_METRICS, write_metrics_parquet
-
-    out = Path(out_dir)
-    mpath, ppath = out / "muscle_metrics.parquet", out / "participant_metrics.parquet"
-    write_metrics_parquet(muscle_df, mpath, MUSCLE_METRICS, "muscle_metrics")
-    write_metrics_parquet(participant_df, ppath, PARTICIPANT_METRICS, "participant_metrics")
-    return mpath, ppath

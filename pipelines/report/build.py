@@ -8,7 +8,8 @@ import html
 import json
 import logging
 import math
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -24,17 +25,10 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ReportConfig:
-    """What the report fits and shows.
+    """What the report shows beyond the main model (the ``report`` section of a run config).
 
     Attributes
     ----------
-    nagq : int
-        Gauss-Hermite nodes of every model (1 = Laplace).
-    out : Path, optional
-        HTML path; default ``WORKDIR/results/report.html``.  Numbers go next to it.
-    main : ModelSpec
-        The main model (CBP on InterMAT and LMM index, adjusted, random intercept per site);
-        adjusters the table lacks are left out with a note.
     pain_column, pain_threshold : str, float
         Pain-intensity model: ``pain_column >= pain_threshold`` among those with the outcome.
     strata : tuple of str
@@ -45,14 +39,20 @@ class ReportConfig:
         Largest number of patient clusters tried in the myopathy analysis.
     """
 
-    nagq: int = 25
-    out: Path | None = None
-    main: ModelSpec = field(default_factory=ModelSpec)
     pain_column: str = "pain_nrs"
     pain_threshold: float = 4.0
     strata: tuple[str, ...] = ("osteoarthritis", "osteoporosis")
     site_metrics: tuple[str, ...] = ("intermat_pct", "lmm_index", "lmm_cm3", "lesion_load_pct")
     max_clusters: int = 6
+
+    def __post_init__(self) -> None:
+        for name in ("strata", "site_metrics"):
+            v = getattr(self, name)
+            object.__setattr__(self, name, (v,) if isinstance(v, str) else tuple(v))
+        if not self.pain_column:
+            raise ValueError("pain_column must name a column")
+        if self.max_clusters < 2:
+            raise ValueError(f"max_clusters must be >= 2, got {self.max_clusters}")
 
 
 class _Report:
@@ -157,7 +157,10 @@ def _terms_df(f: FitResult) -> pd.DataFrame:
     return pd.DataFrame([t.to_dict() for t in f.terms])
 
 
-def build_report(workdir: str | Path, config: ReportConfig | None = None) -> Path:
+def build_report(workdir: str | Path, config: ReportConfig | None = None, *,
+                 model: ModelSpec | None = None,
+                 fitted: Mapping[ModelSpec, FitResult | Exception] | None = None,
+                 out: str | Path | None = None) -> Path:
     """Write ``report.html`` (self-contained) and the CSV/JSON of every number it shows.
 
     Parameters
@@ -166,6 +169,16 @@ def build_report(workdir: str | Path, config: ReportConfig | None = None) -> Pat
         Run directory with ``tables/cohort.parquet`` (participant metrics + covariates) and,
         for the myopathy clustering, ``tables/muscle_metrics.parquet``.
     config : ReportConfig, optional
+    model : ModelSpec, optional
+        The main model (default :class:`ModelSpec`: CBP on InterMAT and LMM index, adjusted,
+        random intercept per site); its ``nagq`` applies to every model of the report.
+        Adjusters the table lacks are left out with a note.
+    fitted : mapping, optional
+        Main models already fitted on this cohort table (spec -> result, or the exception
+        the fit raised), e.g. the run's ``fit.json``: the report reuses the one whose spec it
+        needs instead of fitting it again.
+    out : path, optional
+        HTML path; default ``WORKDIR/results/report.html``.  Numbers go next to it.
 
     Returns
     -------
@@ -181,11 +194,11 @@ def build_report(workdir: str | Path, config: ReportConfig | None = None) -> Pat
     config = config or ReportConfig()
     workdir = Path(workdir)
     cohort, muscles = _read_tables(workdir)
-    out = Path(config.out) if config.out is not None else workdir / "results" / "report.html"
+    out = Path(out) if out is not None else workdir / "results" / "report.html"
     results = out.parent
     results.mkdir(parents=True, exist_ok=True)
     R = _Report(results)
-    spec = replace(config.main, nagq=config.nagq)
+    spec = model or ModelSpec()
     outcome = spec.outcome
     if "activity" not in cohort.columns and "met_min_week" in cohort.columns:
         cohort = cohort.copy()
@@ -225,7 +238,7 @@ def build_report(workdir: str | Path, config: ReportConfig | None = None) -> Pat
         else:
             R.h2("Main model")
             try:
-                main_fit = fit_model(cohort, spec)
+                main_fit = _fit_main(cohort, spec, fitted)
                 fits["main"] = main_fit
                 main_fit.to_json(results / "fit_main.json")
                 R.files.append("fit_main.json")
@@ -264,6 +277,19 @@ def build_report(workdir: str | Path, config: ReportConfig | None = None) -> Pat
     out.write_text(_page(R, workdir))
     log.info("report written to %s (%d number files)", out, len(R.files))
     return out
+
+
+def _fit_main(cohort: pd.DataFrame, spec: ModelSpec,
+              fitted: Mapping[ModelSpec, FitResult | Exception] | None) -> FitResult:
+    """The main model: the already fitted one for exactly ``spec`` (its failure raised
+    again), else a new fit."""
+    done = (fitted or {}).get(spec)
+    if done is None:
+        return fit_model(cohort, spec)
+    if isinstance(done, Exception):
+        raise done
+    log.info("report: main model reused from the run's fit")
+    return done
 
 
 def _pain_model(R: _Report, cohort, spec: ModelSpec, config: ReportConfig, fits) -> None:

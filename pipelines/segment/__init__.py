@@ -5,7 +5,7 @@ Public API (see docs/segment.md):
 
 * :func:`load_model` (``None`` = the shipped phantom-trained model), :class:`LoadedModel`,
   :class:`CheckpointError`;
-* :class:`SegmentConfig`, :func:`segment_participant`, :func:`segment_cohort`,
+* :class:`SegmentConfig`, :func:`segment_participant`, :func:`check_model_for_cohort`,
   :class:`SegmentResult`;
 * :class:`TrainConfig`, :func:`train` (on a labelled store), :func:`train_on_phantoms`;
 * :func:`export_torchscript`.
@@ -29,7 +29,6 @@ from pipelines.segment.stage import (
     SegmentConfig,
     SegmentResult,
     check_model_for_cohort,
-    segment_cohort,
     segment_participant,
 )
 from pipelines.segment.training import TrainConfig, TrainResult, train, train_on_phantoms
@@ -49,7 +48,6 @@ __all__ = [
     "load_model",
     "load_torchscript",
     "read_checkpoint",
-    "segment_cohort",
     "segment_participant",
     "train",
     "train_on_phantoms",

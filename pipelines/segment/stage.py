@@ -6,9 +6,10 @@ group attributes (model id, per-muscle confidence, voxel counts).  Participants 
 came from the manifest (bring your own segmentation: TotalSegmentator, MRSegmentator,
 VIBESegmentator, ... imported with a label map) are left alone unless ``force`` is set.
 
-:func:`segment_cohort` checks the model against the data once, before any work, then fans out
-with :func:`pipelines._dask.map_participants`; a participant whose inference fails is recorded
-as a failure and the others go on.
+:func:`check_model_for_cohort` checks the model against the data once, before any work; the
+cohort fan-out is the stage registry's (``jobs.stages``, through
+:func:`pipelines._dask.map_participants`): a participant whose inference fails is recorded as
+a failure and the others go on.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pipelines.errors import ParticipantError
 from pipelines.segment.checkpoint import (
@@ -31,11 +31,6 @@ from pipelines.segment.checkpoint import (
     read_checkpoint,
 )
 from pipelines.segment.inference import predict
-
-if TYPE_CHECKING:
-    from distributed import Client
-
-    from pipelines._dask import Outcome
 
 log = logging.getLogger(__name__)
 
@@ -270,47 +265,3 @@ def _channels_or_empty(store, pid) -> tuple[str, ...]:
         return st.read_attrs(store, pid).channels
     except (KeyError, OSError, ValueError):
         return ()
-
-
-def segment_cohort(
-    store: str | Path,
-    participant_ids,
-    *,
-    model_path: str | Path | None = None,
-    config: SegmentConfig = SegmentConfig(),
-    client: Client | None = None,
-    resources: dict[str, float] | None = None,
-    traceback_dir: str | Path | None = None,
-    on_done=None,
-) -> list[Outcome]:
-    """Segment many participants; one :class:`~pipelines._dask.Outcome` each.
-
-    The model is checked against the data first (:func:`check_model_for_cohort`), so a
-    checkpoint with the wrong vocabulary or channels is refused before any participant is
-    touched.  Each worker process loads the model once and reuses it.
-
-    Parameters
-    ----------
-    store : cohort store path.
-    participant_ids : participants to segment (those with manifest labels are kept unless
-        ``config.force``).
-    model_path : checkpoint; None = the shipped default model.
-    config : inference settings.
-    client : a ``distributed.Client``; None runs in this process.
-    resources : e.g. ``{"GPU": 1}`` to route the tasks to GPU workers.
-    traceback_dir : where failing participants' tracebacks go.
-    on_done : called with each Outcome as it completes.
-    """
-    from pipelines._dask import map_participants
-
-    ids = list(participant_ids)
-    path = Path(model_path) if model_path is not None else DEFAULT_MODEL_PATH
-    lacking = check_model_for_cohort(store, ids, path)
-    if lacking:
-        log.warning("%d participant(s) lack the model's channels and will fail: %s",
-                    len(lacking), ", ".join(lacking[:10]))
-    return map_participants(
-        segment_participant, ids, stage=STAGE, participant_id=lambda p: p, client=client,
-        resources=resources, traceback_dir=traceback_dir, on_done=on_done,
-        store=str(store), model_path=str(path.resolve()), config=config,
-    )

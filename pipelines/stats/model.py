@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipelines._io import write_text_atomic
 from pipelines.stats.glmm import fit_random_intercept_logit
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,13 @@ class FitResult:
     references: dict
     messages: tuple[str, ...] = ()
     cov: list = field(default_factory=list, repr=False)
+    #: the :class:`ModelSpec` fitted, as plain values (:meth:`model_spec` rebuilds it)
+    spec: dict = field(default_factory=dict)
+
+    def model_spec(self) -> ModelSpec | None:
+        """The :class:`ModelSpec` this fit was made with (None for a fit.json written before
+        the spec was recorded)."""
+        return ModelSpec(**self.spec) if self.spec else None
 
     def term(self, name: str) -> Term:
         for t in self.terms:
@@ -137,11 +145,7 @@ class FitResult:
     def to_json(self, path: str | Path | None = None) -> str:
         text = json.dumps(self.to_dict(), indent=2, allow_nan=True)
         if path is not None:
-            path = Path(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp")
-            tmp.write_text(text + "\n")
-            tmp.replace(path)
+            write_text_atomic(path, text + "\n")
         return text
 
     @classmethod
@@ -150,6 +154,7 @@ class FitResult:
         d["terms"] = tuple(Term(t["term"], t["beta"], t["se"], t["or"], t["ci_low"],
                                 t["ci_high"], t["p"]) for t in d["terms"])
         d["messages"] = tuple(d.get("messages", ()))
+        d["spec"] = dict(d.get("spec") or {})
         return cls(**d)
 
 
@@ -330,7 +335,7 @@ def fit_model(table, spec: ModelSpec) -> FitResult:
         method="Laplace" if spec.nagq == 1 else "AGHQ", nagq=spec.nagq, loglik=r.loglik,
         converged=r.converged, singular=r.singular, group_sd=r.theta, terms=tuple(terms),
         exposure_scaling=d.exposure_scaling, references=d.references, messages=r.messages,
-        cov=r.cov.tolist(),
+        cov=r.cov.tolist(), spec=asdict(spec),
     )
     if r.singular:
         log.info("singular fit: group SD of %r is 0", spec.group)

@@ -23,8 +23,15 @@ from typer.testing import CliRunner
 
 from pipelines import store as S
 from pipelines.errors import ParticipantError
-from pipelines.ingest import IngestConfig, export_nifti, ingest_cohort, ingest_participant
+from pipelines.ingest import IngestConfig, export_nifti, ingest_participant
 from schemas.manifest import load_manifest
+
+
+def ingest_cohort(manifest, store, **kw):
+    """The ingest stage of the registry (what `myocohort ingest` runs): its outcomes."""
+    from jobs.driver import run_stage
+
+    return run_stage("ingest", store=store, manifest=manifest, **kw).outcomes
 
 SHAPE = (14, 12, 40)  # the whole participant; stations are cut from it along k
 PARTS = [(0, 16), (12, 28), (24, 40)]

@@ -15,11 +15,18 @@ from ingest_fixtures import write_manifest
 from typer.testing import CliRunner
 
 from pipelines import store as S
-from pipelines.ingest import export_nifti, ingest_cohort
+from pipelines.ingest import export_nifti
 from schemas.manifest import load_manifest
 
 synth = pytest.importorskip("pipelines.synth.cohort")
 writers = pytest.importorskip("pipelines.synth.writers")
+
+
+def ingest_cohort(manifest, store, **kw):
+    """The ingest stage of the registry (what `myocohort ingest` runs): its outcomes."""
+    from jobs.driver import run_stage
+
+    return run_stage("ingest", store=store, manifest=manifest, **kw).outcomes
 
 SHAPE = (24, 16, 48)
 SPACING = (8.0, 8.0, 8.0)

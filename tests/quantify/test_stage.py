@@ -10,13 +10,7 @@ import pytest
 
 from pipelines import store as st
 from pipelines.errors import ParticipantError
-from pipelines.quantify import (
-    QuantifyConfig,
-    assemble_tables,
-    quantify_cohort,
-    quantify_participant,
-    write_tables,
-)
+from pipelines.quantify import QuantifyConfig, quantify_participant
 from schemas.layout import GroupAttrs
 from schemas.metrics import (
     MUSCLE_METRICS,
@@ -184,27 +178,55 @@ def test_label_grid_differing_from_image_grid(store):
         quantify_participant("GRID", store=store)
 
 
+def quantify_cohort(store, ids, *, config=None, covariates=None, client=None,
+                    traceback_dir=None, out=None):
+    """The quantify stage of the registry over ``ids`` (as `myocohort quantify` runs it):
+    its outcomes and the tables written by the one table writer."""
+    import pandas as pd
+
+    from jobs.driver import Clients, command_inputs, run_participant_stage
+    from jobs.stages import QUANTIFY
+    from pipelines.aggregate import read_parts, write_metrics_tables
+
+    out = Path(out or Path(store).parent / "q-out")
+    inputs = command_inputs("quantify", store, config or QuantifyConfig(),
+                            covariates=covariates, parts_dir=out / "parts")
+    run = run_participant_stage(QUANTIFY, list(ids), inputs, clients=Clients(None, client=client),
+                                quiet=True, traceback_dir=traceback_dir)
+    paths = write_metrics_tables(out, *read_parts(inputs.parts_dir, run.current))
+    return run.outcomes, pd.read_parquet(paths["muscle_metrics"]), \
+        pd.read_parquet(paths["participant_metrics"]), paths
+
+
 def test_cohort_keeps_going_and_tables_validate(store, tmp_path):
+    import pandas as pd
+
     water, fat, labels = random_volume(40, shape=(12, 10, 8))
     put(store, "A1", {"water": water, "fat": fat, "labels": labels})
     put(store, "A2", {"water": fat, "fat": water, "labels": labels})
     put(store, "A3", {"water": water, "fat": fat})  # no labels: fails alone
-    cov = {"A1": {"bmi": 22.0, "disease_duration_years": 2.0}, "A2": {"bmi": float("nan")}}
-    outcomes = quantify_cohort(store, ["A1", "A2", "A3"], config=QuantifyConfig(),
-                               covariates=cov, traceback_dir=tmp_path / "tb")
+    cov = pd.DataFrame({"participant_id": ["A1", "A2"], "bmi": [22.0, float("nan")],
+                        "disease_duration_years": [2.0, float("nan")]}).set_index(
+                            "participant_id")
+    outcomes, mdf, pdf, paths = quantify_cohort(
+        store, ["A1", "A2", "A3"], config=QuantifyConfig(), covariates=cov,
+        traceback_dir=tmp_path / "tb", out=tmp_path / "out")
     failed = [o for o in outcomes if not o.ok]
     assert [o.participant_id for o in failed] == ["A3"]
     assert "A3" in failed[0].failure.message and failed[0].failure.traceback_file
-    mdf, pdf = assemble_tables(outcomes)
     assert list(pdf["participant_id"]) == ["A1", "A2"]
     assert set(mdf["participant_id"]) == {"A1", "A2"} and len(mdf) == 36
+    # muscles in vocabulary order within each participant
+    assert list(mdf[mdf.participant_id == "A1"].muscle) == [
+        m for m in MUSCLE_NAMES if m in set(mdf.muscle)]
     assert pdf.loc[0, "lmm_index"] == pytest.approx(pdf.loc[0, "lmm_cm3"] / 22.0)
     assert pdf.loc[0, "lesion_load_quotient"] == pytest.approx(pdf.loc[0, "lesion_load_pct"] / 2)
     assert math.isnan(pdf.loc[1, "lmm_index"])
-    mpath, ppath = write_tables(mdf, pdf, tmp_path / "out")
-    back = read_metrics_parquet(ppath, PARTICIPANT_METRICS, "participant_metrics")
+    back = read_metrics_parquet(paths["participant_metrics"], PARTICIPANT_METRICS,
+                                "participant_metrics")
     assert "asym_gluteus_maximus_intermat_pct" in back.columns
-    assert len(read_metrics_parquet(mpath, MUSCLE_METRICS, "muscle_metrics")) == 36
+    assert len(read_metrics_parquet(paths["muscle_metrics"], MUSCLE_METRICS,
+                                    "muscle_metrics")) == 36
 
 
 def test_cohort_accepts_covariates_dataframe(store, tmp_path):
@@ -214,15 +236,20 @@ def test_cohort_accepts_covariates_dataframe(store, tmp_path):
     put(store, "B1", {"water": water, "fat": fat, "labels": labels})
     csv = tmp_path / "cov.csv"
     csv.write_text("participant_id,height_m,weight_kg,disease_duration_years\nB1,2.0,80,\n")
-    outcomes = quantify_cohort(store, ["B1"], covariates=load_covariates(csv),
-                               config=QuantifyConfig(write_ff=False))
-    _, pdf = assemble_tables(outcomes)
+    _, _, pdf, _ = quantify_cohort(store, ["B1"], covariates=load_covariates(csv),
+                                   config=QuantifyConfig(write_ff=False))
     assert pdf.loc[0, "lmm_index"] == pytest.approx(pdf.loc[0, "lmm_cm3"] / 20.0)
     assert math.isnan(pdf.loc[0, "lesion_load_quotient"])
 
 
-def test_assemble_tables_empty():
-    mdf, pdf = assemble_tables([])
+def test_tables_of_no_participant_are_typed(tmp_path):
+    import pandas as pd
+
+    from pipelines.aggregate import write_metrics_tables
+
+    paths = write_metrics_tables(tmp_path, pd.DataFrame(), pd.DataFrame())
+    mdf = read_metrics_parquet(paths["muscle_metrics"], MUSCLE_METRICS, "m")
+    pdf = read_metrics_parquet(paths["participant_metrics"], PARTICIPANT_METRICS, "p")
     assert len(mdf) == 0 and len(pdf) == 0
     assert "lmm_cm3" in pdf.columns and "volume_cm3" in mdf.columns
 
@@ -245,11 +272,11 @@ def test_cohort_on_a_distributed_client(store):
     put(store, "D1", {"water": water, "fat": fat, "labels": labels})
     put(store, "D2", {"water": fat, "fat": water, "labels": labels})
     cfg = QuantifyConfig(write_ff=False)
-    local = assemble_tables(quantify_cohort(store, ["D1", "D2"], config=cfg))[1]
+    local = quantify_cohort(store, ["D1", "D2"], config=cfg, out=store.parent / "local")[2]
     with distributed.Client(processes=False, n_workers=1, threads_per_worker=2,
                             dashboard_address=None) as client:
-        outcomes = quantify_cohort(store, ["D1", "D2"], config=cfg, client=client)
+        outcomes, _, remote, _ = quantify_cohort(store, ["D1", "D2"], config=cfg,
+                                                 client=client, out=store.parent / "remote")
     assert all(o.ok for o in outcomes)
-    remote = assemble_tables(outcomes)[1]
     pd_testing = pytest.importorskip("pandas.testing")
     pd_testing.assert_frame_equal(local, remote)

@@ -11,8 +11,8 @@ import pytest
 from typer.testing import CliRunner
 
 from jobs.cli import app
-from pipelines.report import ReportConfig, build_report
 from pipelines.report import analyses as A
+from pipelines.report import build_report
 from pipelines.stats import ModelSpec, fit_model
 from pipelines.stats.simulate import CohortSimSpec, simulate_cohort
 
@@ -43,7 +43,7 @@ def test_full_report(tmp_path, population, myopathy):
     mm["participant_id"] = "M" + mm["participant_id"].str[1:].str[-3:]
     m = pd.concat([population[1], mm], ignore_index=True)
     wd = _workdir(tmp_path, c, m)
-    out = build_report(wd, ReportConfig(nagq=1))
+    out = build_report(wd, model=ModelSpec(nagq=1))
     assert out == wd / "results" / "report.html"
     text = out.read_text()
     # self-contained: figures embedded, nothing fetched
@@ -74,7 +74,7 @@ def test_myopathy_only_cohort_falls_back_with_a_note(tmp_path, myopathy):
     c, m = myopathy
     c = c.drop(columns=["cbp", "pain_nrs"])
     wd = _workdir(tmp_path, c, m)
-    text = build_report(wd, ReportConfig(nagq=1)).read_text()
+    text = build_report(wd, model=ModelSpec(nagq=1)).read_text()
     assert "no &#x27;cbp&#x27; outcome" in text or "no 'cbp' outcome" in text
     assert "Myopathy" in text and (wd / "results" / "myopathy_clusters.csv").exists()
     assert not (wd / "results" / "fit_main.json").exists()
@@ -85,6 +85,46 @@ def test_missing_cohort_table_is_a_clear_error(tmp_path):
         build_report(tmp_path)
     res = CliRunner().invoke(app, ["report", str(tmp_path)])
     assert res.exit_code == 2 and "cohort.parquet" in res.output
+
+
+def test_report_reuses_a_fit_of_exactly_its_main_model(tmp_path, population, monkeypatch):
+    """The run's fit is reused (the main model is not fitted twice); a fit of another model,
+    or its failure, is not taken for it."""
+    import pipelines.report.build as B
+
+    wd = _workdir(tmp_path, population[0].iloc[:600], population[1])
+    spec = ModelSpec(nagq=1)
+    fit = fit_model(population[0].iloc[:600], spec)
+    calls = []
+    real = B.fit_model
+    monkeypatch.setattr(B, "fit_model", lambda t, s: calls.append(s) or real(t, s))
+    build_report(wd, model=spec, fitted={spec: fit})
+    assert spec not in calls  # the main model came from `fitted`
+    main = json.loads((wd / "results" / "fit_main.json").read_text())
+    assert main["terms"] == json.loads(fit.to_json())["terms"]
+    calls.clear()
+    build_report(wd, model=spec, fitted={ModelSpec(nagq=2): fit})
+    assert spec in calls  # another model's fit is not reused
+    text = build_report(wd, model=spec, fitted={spec: ValueError("separation by 'x'")}
+                        ).read_text()
+    assert "Main model not estimable: separation by" in text
+
+
+def test_cli_report_reuses_fit_json_of_the_same_model(tmp_path, population, monkeypatch):
+    import pipelines.report.build as B
+
+    wd = _workdir(tmp_path, population[0].iloc[:600], population[1])
+    res = CliRunner().invoke(app, ["fit", str(wd / "tables" / "cohort.parquet"), "--nagq", "1",
+                                   "--out", str(wd / "results" / "fit.json")])
+    assert res.exit_code == 0, res.output
+    calls = []
+    real = B.fit_model
+    monkeypatch.setattr(B, "fit_model", lambda t, s: calls.append(s) or real(t, s))
+    res = CliRunner().invoke(app, ["report", str(wd), "--nagq", "1"])
+    assert res.exit_code == 0, res.output
+    assert ModelSpec(nagq=1) not in calls
+    assert json.loads((wd / "results" / "fit_main.json").read_text())["terms"] == \
+        json.loads((wd / "results" / "fit.json").read_text())["terms"]
 
 
 def test_cli_report(tmp_path, population):

@@ -55,7 +55,7 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def fake_ingest(images, *, store: str, config: FakeConfig) -> FakeIngestResult:
+def fake_ingest(images, *, store: str, config: object, fake: FakeConfig) -> FakeIngestResult:
     pid = images.participant_id
     h = hashlib.sha256()
     for ref in images.images:
@@ -69,7 +69,7 @@ def fake_ingest(images, *, store: str, config: FakeConfig) -> FakeIngestResult:
         if json.loads((group / "attrs.json").read_text())["input_hash"] == content:
             return FakeIngestResult(pid, False, content)
     _log_call(store, "ingest", pid)
-    time.sleep(config.sleep_s)
+    time.sleep(fake.sleep_s)
     tmp = Path(store) / f".tmp-{pid}-{os.getpid()}"
     tmp.mkdir(parents=True)
     (tmp / "attrs.json").write_text(json.dumps({"input_hash": content}))
@@ -81,27 +81,28 @@ def fake_ingest(images, *, store: str, config: FakeConfig) -> FakeIngestResult:
     return FakeIngestResult(pid, True, content)
 
 
-def fake_segment(pid: str, *, store: str, model_path: str | None, config: FakeConfig) -> str:
+def fake_segment(pid: str, *, store: str, model_path: str | None, config: object,
+                 fake: FakeConfig) -> str:
     _log_call(store, "segment", pid)
-    time.sleep(config.sleep_s)
+    time.sleep(fake.sleep_s)
     if pid.endswith("SEGFAIL"):
         raise RuntimeError(f"participant {pid}: segmentation diverged")
     _atomic_write(Path(store) / pid / "labels.txt", f"model:{model_path}")
     return pid
 
 
-def fake_quantify(item, *, store: str, config: FakeConfig) -> FakeQuantifyResult:
+def fake_quantify(item, *, store: str, config: object, fake: FakeConfig) -> FakeQuantifyResult:
     import pandas as pd
 
-    pid, cov = item
+    pid, cov = item.participant_id, item.covariates
     _log_call(store, "quantify", pid)
-    time.sleep(config.sleep_s)
+    time.sleep(fake.sleep_s)
     attrs = json.loads((Path(store) / pid / "attrs.json").read_text())
     labels = (Path(store) / pid / "labels.txt").read_text()
     seed = int(hashlib.sha256((attrs["input_hash"] + labels).encode()).hexdigest()[:8], 16)
     rows = []
     for i, m in enumerate(MUSCLES):
-        v = float((seed >> i) % 100) * config.scale
+        v = float((seed >> i) % 100) * fake.scale
         rows.append({"participant_id": pid, "muscle": m, "volume_cm3": v + 10, "lean_cm3": v,
                      "intermat_cm3": 10.0, "intermat_pct": 1000 / (v + 10),
                      "ff_mean_pct": 5.0, "ff_median_pct": 5.0, "ff_lean_mean_pct": 4.0,
@@ -147,7 +148,7 @@ def fake_fit(table, spec) -> FakeFit:
     return FakeFit(len(table), float(table["intermat_pct"].mean()))
 
 
-def fake_report(workdir: Path, stats: object = None) -> Path:
+def fake_report(workdir: Path, config: object = None, **_: object) -> Path:
     import pandas as pd
 
     n = len(pd.read_parquet(Path(workdir) / "tables" / "cohort.parquet"))
@@ -157,15 +158,20 @@ def fake_report(workdir: Path, stats: object = None) -> Path:
 
 
 def fake_stage_functions(sleep_s: float = 0.0, scale: float = 1.0):
-    from jobs.run_cmd import StageFunctions
+    """The registry's stages with these fakes as their functions (all the wiring kept)."""
+    from functools import partial
 
-    cfg = FakeConfig(sleep_s=sleep_s, scale=scale)
-    return StageFunctions(
-        ingest=fake_ingest, segment=fake_segment, quantify=fake_quantify,
-        store_ids=fake_store_ids, model_hash=fake_model_hash, fit=fake_fit,
-        report=fake_report,
-        configs=(("ingest", cfg), ("segment", cfg), ("quantify", cfg), ("stats", None)),
-    )
+    from jobs.stages import STAGES, replace_stage
+
+    fake = FakeConfig(sleep_s=sleep_s, scale=scale)
+    stages = replace_stage(STAGES, "ingest", task=partial(fake_ingest, fake=fake),
+                           outputs=lambda inputs: fake_store_ids(inputs.store),
+                           prepare=lambda inputs, pids: None)
+    stages = replace_stage(stages, "segment", task=partial(fake_segment, fake=fake),
+                           model_identity=fake_model_hash, prepare=lambda inputs, pids: None)
+    stages = replace_stage(stages, "quantify", task=partial(fake_quantify, fake=fake))
+    stages = replace_stage(stages, "fit", function=fake_fit)
+    return replace_stage(stages, "report", function=fake_report)
 
 
 def make_cohort(folder: Path, n: int, *, start: int = 0, labelled: tuple[int, ...] = (),

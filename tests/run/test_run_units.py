@@ -73,17 +73,16 @@ def test_run_config_errors_and_hash(tmp_path):
     assert load_run_config(None).run == RunOptions()
     f = tmp_path / "run.yaml"
     f.write_text("run:\n  max_in_flight: 4\n  gpu: off\n")
-    with pytest.raises(ValueError, match="run.gpu"):
+    with pytest.raises(ValueError, match=r"section 'run': key 'gpu': value False: expected one "
+                                         r"of 'auto', 'on', 'off'"):
         load_run_config(f)  # YAML `off` is a boolean, not the string "off"
     f.write_text("run:\n  max_in_flight: 4\n  gpu: 'off'\nstats:\n  outcome: cbp\n")
     cfg = load_run_config(f)
     assert cfg.run.max_in_flight == 4 and cfg.stage("stats").outcome == "cbp"
     f.write_text("segmnet: {}\n")
-    with pytest.raises(ValueError, match=r"unknown section\(s\) \['segmnet'\]"):
+    with pytest.raises(ValueError, match=r"section 'segmnet': unknown section \(did you mean "
+                                         r"'segment'\?\)"):
         load_run_config(f)
-    f.write_text("stats:\n  outcom: cbp\n")
-    with pytest.raises(ValueError, match="unknown key"):
-        load_run_config(f).stage("stats")
     from pipelines.stats.model import ModelSpec
 
     assert config_hash(ModelSpec()) == config_hash(ModelSpec())

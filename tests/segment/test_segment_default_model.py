@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from pipelines import store as st
-from pipelines.segment import DEFAULT_MODEL_PATH, SegmentConfig, load_model, segment_cohort
+from pipelines.segment import DEFAULT_MODEL_PATH, SegmentConfig, load_model
 from pipelines.segment.checkpoint import VOCABULARY, read_checkpoint
 from pipelines.segment.training import (
     TEST_SEED_START,
@@ -24,6 +24,13 @@ from schemas.layout import GroupAttrs
 
 TEST_SEEDS = (TEST_SEED_START + 11, TEST_SEED_START + 12, TEST_SEED_START + 13)
 
+
+
+def segment_cohort(store, ids, **kw):
+    """The segment stage of the registry (what `myocohort segment` runs): its outcomes."""
+    from jobs.driver import run_stage
+
+    return run_stage("segment", ids, store=store, **kw).outcomes
 
 def test_default_model_is_small_and_describes_itself():
     assert DEFAULT_MODEL_PATH.is_file()

@@ -13,11 +13,17 @@ from pipelines.segment import (
     CheckpointError,
     SegmentConfig,
     load_model,
-    segment_cohort,
     segment_participant,
 )
 from pipelines.segment.checkpoint import VOCABULARY
 from schemas.vocabulary import MUSCLE_NAMES
+
+
+def segment_cohort(store, ids, **kw):
+    """The segment stage of the registry (what `myocohort segment` runs): its outcomes."""
+    from jobs.driver import run_stage
+
+    return run_stage("segment", ids, store=store, **kw).outcomes
 
 CPU = SegmentConfig(device="cpu", sw_batch_size=2)
 
