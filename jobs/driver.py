@@ -297,7 +297,7 @@ def run_stage(name: str, participants: list[str] | None = None, *, store: str | 
     traceback_dir : where failing participants' tracebacks go.
     on_done : called with each Outcome as it completes.
     inputs : further :class:`jobs.stages.StageInputs` fields (``manifest``, ``covariates``,
-        ``parts_dir``, ``model_path``).
+        ``parts_dir``; ``models`` are resolved from the config when not given).
     """
     from jobs.stages import ParticipantStage, get_stage
 
@@ -310,6 +310,8 @@ def run_stage(name: str, participants: list[str] | None = None, *, store: str | 
         config = load_run_config(None).stage(stage.section)
     if participants is None:
         participants = list(inputs["manifest"].participant_ids)
+    if stage.resolve_models is not None and "models" not in inputs:
+        inputs["models"] = stage.resolve_models(config)[0]
     return run_participant_stage(
         stage, list(participants), command_inputs(name, store, config, **inputs),
         clients=Clients(None, client=client), quiet=True, traceback_dir=traceback_dir,

@@ -45,6 +45,58 @@ def config_option() -> typer.models.OptionInfo:
                         "any work.")
 
 
+def model_option() -> typer.models.OptionInfo:
+    """The repeatable ``--model`` option (same grammar on ``segment`` and ``run``)."""
+    return typer.Option(
+        None, "--model", metavar="MODEL",
+        help="Segmentation model, repeatable to combine models (the first one that labels a "
+        "voxel as a muscle wins): a checkpoint from `myocohort train` (MODEL.pt); "
+        "nnunet:FOLDER (any nnU-Net v2 trained model folder); totalsegmentator:total_mr, "
+        "totalsegmentator:thigh_shoulder_muscles_mr, mrsegmentator or vibesegmentator "
+        "(weights where each tool keeps them). Options after ';': folds=0,1 "
+        "checkpoint=NAME.pth labels=PRESET|MAP.csv input=water mirroring=false step=0.5. "
+        "Default: the config's segment.models, else the shipped phantom-trained model "
+        "(demos and synthetic data only). See docs/segment.md.")
+
+
+def model_input_option() -> typer.models.OptionInfo:
+    """``--model-input CHANNELS``."""
+    return typer.Option(None, "--model-input", metavar="CHANNELS",
+                        help="Store channel(s) fed to the nnU-Net models' input, e.g. water "
+                        "or in_phase (default: each preset's documented channel).")
+
+
+def download_weights_option() -> typer.models.OptionInfo:
+    """``--download-weights``."""
+    return typer.Option(False, "--download-weights",
+                        help="Let a preset run its tool's own downloader for missing weights "
+                        "(needs a network; a licensed task still needs its licence). "
+                        "Default: missing weights are refused before any work.")
+
+
+def with_segment_options(config: RunConfig, models: list[str] | None, model_input: str | None,
+                         download: bool) -> RunConfig:
+    """The run config with the command line's segmentation options applied (they override
+    the config file's ``segment`` section).
+
+    Raises
+    ------
+    ValueError
+        naming a model string or channel that is not valid.
+    """
+    import dataclasses
+
+    seg = config.stage("segment")
+    changes: dict = {}
+    if models:
+        changes["models"] = tuple(models)
+    if model_input:
+        changes["model_input"] = tuple(c.strip() for c in model_input.split(",") if c.strip())
+    if download:
+        changes["download_weights"] = True
+    return config.replace("segment", dataclasses.replace(seg, **changes)) if changes else config
+
+
 def error(message: str) -> None:
     """Print an error (each line prefixed with ``error:``) on stderr."""
     for line in str(message).splitlines() or [""]:

@@ -30,7 +30,11 @@ from jobs.options import (
     PlainHelpCommand,
     cluster_option,
     config_option,
+    download_weights_option,
     error,
+    model_input_option,
+    model_option,
+    with_segment_options,
 )
 from jobs.progress import LOG_NAME, EventLog, format_summary
 from jobs.stages import STAGES, CohortStage, ParticipantStage, Stage, StageInputs
@@ -61,17 +65,16 @@ class RunResult:
         return EXIT_FAILURES if self.failures else EXIT_OK
 
 
-def _model_hash(stages: tuple[Stage, ...], manifest: Any, model_path: Path | None,
-                covariates: Any, config: RunConfig, store: Path) -> str:
-    """The segmentation model's identity, checked before anything runs (it is part of the
-    segment key); empty when no participant needs segmenting."""
+def _resolve_models(stages: tuple[Stage, ...], manifest: Any, config: RunConfig,
+                    store: Path) -> tuple[tuple[Any, ...] | None, str]:
+    """The segmentation models found and hashed before anything runs (their identity is part
+    of the segment key); (None, "") when no participant needs segmenting."""
     for stage in stages:
-        if isinstance(stage, ParticipantStage) and stage.model_identity is not None:
-            probe = StageInputs(store=store, config=config, version="", manifest=manifest,
-                                covariates=covariates)
+        if isinstance(stage, ParticipantStage) and stage.resolve_models is not None:
+            probe = StageInputs(store=store, config=config, version="", manifest=manifest)
             if any(not stage.skip(probe, pid) for pid in manifest.participant_ids):
-                return stage.model_identity(model_path)
-    return ""
+                return stage.resolve_models(config.stage(stage.section))
+    return None, ""
 
 
 def run_pipeline(
@@ -80,7 +83,6 @@ def run_pipeline(
     workdir: Path,
     *,
     profile: Profile,
-    model_path: Path | None = None,
     config: RunConfig | None = None,
     stages: tuple[Stage, ...] = STAGES,
     stream: IO[str] | None = None,
@@ -93,8 +95,7 @@ def run_pipeline(
     manifest_path, covariates_path : the cohort's manifest and covariates (CSV/Parquet).
     workdir : output folder (layout in ``docs/run.md``); created when missing.
     profile : where the work runs (:func:`cluster.load_profile`).
-    model_path : segmentation weights; None for the shipped default model.
-    config : every stage's settings (:func:`jobs.runconfig.load_run_config`); defaults when
+    config : every stage's settings (the segmentation models: ``segment.models``) (:func:`jobs.runconfig.load_run_config`); defaults when
         None.
     stages : the stages to run, in order (default: the registry; tests swap in fakes).
     stream : where live progress goes (stderr by default).
@@ -105,7 +106,7 @@ def run_pipeline(
     schemas.manifest.ManifestError
         the manifest or covariates break their contract (nothing is run).
     ValueError
-        the segmentation model is missing or unusable (nothing is run).
+        a segmentation model is missing or unusable (nothing is run).
     cluster.ClusterUnavailable
         the profile's cluster cannot start.
     """
@@ -121,7 +122,7 @@ def run_pipeline(
     covariates = load_covariates(covariates_path) if covariates_path is not None else None
     workdir = Path(workdir).resolve()
     store = workdir / "store.zarr"
-    model_hash = _model_hash(stages, manifest, model_path, covariates, config, store)
+    models, model_hash = _resolve_models(stages, manifest, config, store)
     workdir.mkdir(parents=True, exist_ok=True)
     result = RunResult(workdir=workdir, n_participants=len(manifest))
     version = pipeline_version()
@@ -132,7 +133,7 @@ def run_pipeline(
         inputs = StageInputs(store=store, config=config, version=version,
                              parts_dir=workdir / "tables" / "parts", workdir=workdir,
                              manifest=manifest, covariates=covariates, ledger=ledger,
-                             model_path=model_path, model_hash=model_hash)
+                             models=models, model_hash=model_hash)
         run_id = ledger.start_run(str(manifest.source), profile.name)
         events.event("run_started", run_id=run_id, manifest=str(manifest.source),
                      participants=len(manifest), profile=profile.name, version=version,
@@ -227,9 +228,9 @@ def run(
                                  help="Output folder: store.zarr, tables/, results/, "
                                  "failures.parquet, ledger.sqlite, run.log.jsonl."),
     cluster: str = cluster_option("local"),
-    model: Path | None = typer.Option(None, "--model", metavar="MODEL.pt",
-                                      help="Segmentation model weights (default: the "
-                                      "shipped phantom-trained model)."),
+    model: list[str] | None = model_option(),
+    model_input: str | None = model_input_option(),
+    download_weights: bool = download_weights_option(),
     config: Path | None = config_option(),
     max_in_flight: int | None = typer.Option(None, "--max-in-flight", min=1, metavar="N",
                                              help="Most participants submitted at once "
@@ -262,8 +263,7 @@ def run(
                     **dataclasses.asdict(cfg.run), **overrides}))
             except ValueError as e:
                 raise ValueError(f"--gpu/--max-in-flight: {e}") from None
-        if model is not None and not model.exists():
-            raise ValueError(f"model {model}: no such file")
+        cfg = with_segment_options(cfg, model, model_input, download_weights)
     except ConfigError as e:
         error(str(e))
         _log_refusal(workdir, str(e), problems=[p.to_dict() for p in e.problems])
@@ -273,8 +273,7 @@ def run(
         _log_refusal(workdir, str(e))
         raise typer.Exit(EXIT_BAD_INPUT) from None
     try:
-        res = run_pipeline(manifest, covariates, workdir, profile=profile, model_path=model,
-                           config=cfg)
+        res = run_pipeline(manifest, covariates, workdir, profile=profile, config=cfg)
     except (ManifestError, ValueError) as e:  # bad manifest, covariates, model or store
         error(str(e))
         _log_refusal(workdir, str(e))

@@ -249,12 +249,26 @@ def build_config(cls: type, values: dict[str, Any] | None, *, source: str, secti
 
 
 def config_hash(config: Any) -> str:
-    """A stable hash of a config dataclass's fields (the ledger's ``config_hash``)."""
+    """A stable hash of a config dataclass's fields (the ledger's ``config_hash``); fields
+    whose metadata says ``ledger: False`` (covered by another part of the key, or not
+    changing any output) are left out."""
     if config is None:
         return ""
     if dataclasses.is_dataclass(config):
-        return stable_hash(type(config).__name__, dataclasses.asdict(config))
+        values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
+                  if f.metadata.get("ledger", True)}
+        return stable_hash(type(config).__name__, _plain(values))
     return stable_hash(type(config).__name__, repr(config))
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return dataclasses.asdict(value)
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
 
 
 # --------------------------------------------------------------------------------------------

@@ -14,8 +14,11 @@ from jobs.options import (
     EXIT_OK,
     PlainHelpCommand,
     cluster_option,
+    download_weights_option,
     error,
     load_profile_or_exit,
+    model_input_option,
+    model_option,
 )
 
 
@@ -101,9 +104,9 @@ def train(
 def segment(
     store: Path = typer.Option(..., "--store", metavar="STORE.zarr",
                                help="Cohort store (written by `ingest`)."),
-    model: Path | None = typer.Option(
-        None, "--model", metavar="MODEL.pt", help="Checkpoint from `myocohort train`; "
-        "default: the shipped phantom-trained model (for demos and synthetic data only)."),
+    model: list[str] | None = model_option(),
+    model_input: str | None = model_input_option(),
+    download_weights: bool = download_weights_option(),
     participants: str = typer.Option("", "--participants", metavar="IDS",
                                      help="Comma-separated participant ids (default: every "
                                      "participant)."),
@@ -124,22 +127,28 @@ def segment(
 ) -> None:
     """Segment the 18 muscles of every participant and write 'labels' into the store.
 
-    Also stores per-muscle confidence (mean max-softmax) for QC under
-    attrs["myocohort"]["segmentation"]. Exit code 0 when all participants succeeded, 1 when
-    some failed (listed), 2 when the model or store is unusable (nothing is done), 3 when
-    the cluster cannot start.
+    Each model is loaded once per worker process and reused. Also stores QC for each
+    participant under attrs["myocohort"]["segmentation"] (models, per-muscle confidence or
+    voxel counts, voxels two models claimed for different muscles). Exit code 0 when all
+    participants succeeded, 1 when some failed (listed), 2 when a model or the store is
+    unusable or a model's weights are missing (nothing is done), 3 when the cluster cannot
+    start.
     """
     from cluster import ClusterUnavailable
     from jobs.driver import Clients, command_inputs, run_participant_stage
-    from jobs.stages import SEGMENT
+    from jobs.stages import SEGMENT, resolve_segment_models
     from pipelines import store as st
     from pipelines.segment import SegmentConfig
 
     profile = load_profile_or_exit(cluster)
     try:
-        config = SegmentConfig(device=device, sw_batch_size=sw_batch_size, overlap=overlap,
-                               force=force)
-    except ValueError as e:
+        config = SegmentConfig(
+            models=tuple(model or ()), device=device, sw_batch_size=sw_batch_size,
+            overlap=overlap, force=force, download_weights=download_weights,
+            model_input=(tuple(c.strip() for c in model_input.split(",") if c.strip())
+                         if model_input else None))
+        models, _ = resolve_segment_models(config)
+    except ValueError as e:  # a bad model string, missing weights, an unusable checkpoint
         error(str(e))
         raise typer.Exit(EXIT_BAD_INPUT) from None
     if not store.is_dir():
@@ -149,7 +158,7 @@ def segment(
     if not ids:
         error(f"store {store} has no participants")
         raise typer.Exit(EXIT_BAD_INPUT)
-    inputs = command_inputs("segment", store, config, model_path=model)
+    inputs = command_inputs("segment", store, config, models=models)
     try:
         with ExitStack() as stack:
             run = run_participant_stage(

@@ -36,8 +36,9 @@ class StageInputs:
     """What the stage hooks may use: where things are, what the cohort is, what was done.
 
     ``manifest`` and ``ledger`` are None for a single-stage command (then every given
-    participant is processed and nothing is recorded).  ``model_hash`` is the segmentation
-    model's identity, filled in before the run starts (empty when nothing is segmented).
+    participant is processed and nothing is recorded).  ``models`` are the segmentation models
+    resolved (weights found and hashed) before the run starts, and ``model_hash`` their
+    identity (empty when nothing is segmented).
     """
 
     store: Path
@@ -48,7 +49,7 @@ class StageInputs:
     manifest: Manifest | None = None
     covariates: Any = None
     ledger: Ledger | None = None
-    model_path: Path | None = None
+    models: tuple[Any, ...] | None = None
     model_hash: str = ""
 
     def images(self, pid: str) -> ParticipantImages:
@@ -142,9 +143,10 @@ class ParticipantStage:
     changed: Callable[[Any], bool] = _always
     invalidates: tuple[str, ...] = ()
     detail: Callable[[Any], dict[str, Any]] = _no_detail
-    #: the segmentation model's identity (its weights' hash) for the ledger; raises
-    #: ValueError when the model is unusable (only the segment stage has one)
-    model_identity: Callable[[Path | None], str] | None = None
+    #: the stage's models found and hashed from its config, once, before any work:
+    #: ``(resolved models, identity for the ledger)``; raises ValueError (a missing or
+    #: unusable model) so that nothing runs (only the segment stage has models)
+    resolve_models: Callable[[Any], tuple[tuple[Any, ...], str]] | None = None
 
 
 @dataclass(frozen=True)
@@ -242,10 +244,10 @@ INGEST = ParticipantStage(
 # segment
 
 
-def _segment_task(pid: str, *, store: str, model_path: str | None, config: Any) -> Any:
+def _segment_task(pid: str, *, store: str, models: tuple[Any, ...] | None, config: Any) -> Any:
     from pipelines.segment import segment_participant
 
-    return segment_participant(pid, store=store, model_path=model_path, config=config)
+    return segment_participant(pid, store=store, models=models, config=config)
 
 
 MANIFEST_LABELS = "manifest-labels"
@@ -268,7 +270,7 @@ def _segment_skip(inputs: StageInputs, pid: str) -> str | None:
 
 
 def _segment_kwargs(inputs: StageInputs) -> dict[str, Any]:
-    return {"model_path": str(inputs.model_path) if inputs.model_path else None}
+    return {"models": inputs.models}
 
 
 def _segment_prepare(inputs: StageInputs, pids: list[str]) -> None:
@@ -276,40 +278,36 @@ def _segment_prepare(inputs: StageInputs, pids: list[str]) -> None:
 
     from pipelines.segment import check_model_for_cohort
 
-    lacking = check_model_for_cohort(inputs.store, pids, inputs.model_path)
+    if inputs.models is None:
+        return
+    lacking = check_model_for_cohort(inputs.store, pids, inputs.models)
     if lacking:
         logging.getLogger(__name__).warning(
             "%d participant(s) lack the model's channels and will fail: %s", len(lacking),
             ", ".join(lacking[:10]))
 
 
-def model_identity(model_path: Path | None) -> str:
-    """Hash of the segmentation model's weights (the shipped default when None).
+def resolve_segment_models(config: Any) -> tuple[tuple[Any, ...], str]:
+    """The segment config's models found and hashed, and their identity for the ledger.
 
     Raises
     ------
     ValueError
-        naming the model file when it does not exist.
+        a model that is missing (naming the folder searched and the tool's download
+        command) or unusable.
     """
-    from pipelines._io import sha256_tree
+    from pipelines.segment import resolve_segment_models as resolve
+    from pipelines.segment.segmenters import combined_identity
 
-    if model_path is not None:
-        if not Path(model_path).exists():
-            raise ValueError(f"model {model_path}: no such file")
-        return sha256_tree(Path(model_path))[:32]
-    from pipelines.segment import DEFAULT_MODEL_PATH
-
-    default = Path(DEFAULT_MODEL_PATH)
-    if not default.exists():
-        raise ValueError(f"no default segmentation model shipped at {default}; pass --model")
-    return sha256_tree(default)[:32]
+    resolved = resolve(config)
+    return resolved, combined_identity(resolved)[:32]
 
 
 SEGMENT = ParticipantStage(
     name="segment", section="segment", config_class="pipelines.segment:SegmentConfig",
     task=_segment_task, item=lambda inputs, pid: pid, key=_segment_key,
     kwargs=_segment_kwargs, wants_gpu=_always, prepare=_segment_prepare, skip=_segment_skip,
-    invalidates=("quantify",), model_identity=model_identity,
+    invalidates=("quantify",), resolve_models=resolve_segment_models,
 )
 
 
@@ -492,5 +490,6 @@ def config_sections(stages: tuple[Stage, ...] = STAGES) -> dict[str, str]:
 __all__ = [
     "AGGREGATE", "FIT", "INGEST", "QUANTIFY", "REPORT", "SEGMENT", "STAGES", "CohortStage",
     "ParticipantStage", "Stage", "StageInputs", "config_sections", "get_stage",
-    "input_fingerprint", "model_identity", "read_fit", "replace_stage", "write_fit",
+    "resolve_segment_models",
+    "input_fingerprint", "read_fit", "replace_stage", "write_fit",
 ]

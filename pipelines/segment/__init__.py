@@ -29,6 +29,7 @@ from pipelines.segment.stage import (
     SegmentConfig,
     SegmentResult,
     check_model_for_cohort,
+    resolve_segment_models,
     segment_participant,
 )
 from pipelines.segment.training import TrainConfig, TrainResult, train, train_on_phantoms
@@ -44,6 +45,7 @@ __all__ = [
     "TrainConfig",
     "TrainResult",
     "check_model_for_cohort",
+    "resolve_segment_models",
     "export_torchscript",
     "load_model",
     "load_torchscript",

@@ -1,8 +1,10 @@
-"""The segment stage: per-participant inference into the store, and its Dask fan-out.
+"""The segment stage: per-participant inference into the store.
 
-:func:`segment_participant` reads one participant's channels from the store, runs the model
-(:mod:`pipelines.segment.inference`) and writes ``labels`` plus a ``segmentation`` entry in the
-group attributes (model id, per-muscle confidence, voxel counts).  Participants whose labels
+:func:`segment_participant` reads one participant's channels from the store, runs the
+configured models (:mod:`pipelines.segment.segmenters`: our MONAI checkpoints, nnU-Net v2
+models and the TotalSegmentator, MRSegmentator and VIBESegmentator presets), combines their
+labels and writes ``labels`` plus a ``segmentation`` entry in the group attributes (models,
+per-muscle confidence or voxel counts, overlaps between models).  Participants whose labels
 came from the manifest (bring your own segmentation: TotalSegmentator, MRSegmentator,
 VIBESegmentator, ... imported with a label map) are left alone unless ``force`` is set.
 
@@ -16,21 +18,16 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+import numpy as np
 
 from pipelines.errors import ParticipantError
 from pipelines.segment.checkpoint import (
     DEFAULT_MODEL_PATH,
     CheckpointError,
-    LoadedModel,
-    check_channels,
-    file_sha256,
-    load_model,
-    read_checkpoint,
 )
-from pipelines.segment.inference import predict
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +38,25 @@ ATTRS_ENTRY = "segmentation"
 
 @dataclass(frozen=True)
 class SegmentConfig:
-    """Inference settings.
+    """Which models segment, and how they run.
 
     Parameters
     ----------
+    models : the ``--model`` strings, applied in order (see
+        :mod:`pipelines.segment.segmenters.base` for the grammar); empty = the shipped
+        phantom-trained model.  Several models are combined (the first model that labels a
+        voxel as a muscle wins); e.g. ``("totalsegmentator:total_mr",
+        "totalsegmentator:thigh_shoulder_muscles_mr")`` gives all 18 muscles.
+    model_input : store channels fed to every nnU-Net model's input (overrides each preset's
+        default channel); a model's own ``;input=`` wins over it.
+    download_weights : let a preset call its tool's own downloader when weights are missing
+        (needs a network); by default missing weights are refused before any work.
     device : "auto" (CUDA when usable, else CPU), "cpu", "cuda" or "cuda:N".
-    sw_batch_size : sliding windows per forward pass (more is faster on a GPU).
-    overlap : sliding-window overlap in [0, 1); None uses the checkpoint's (0.5).
-    amp : float16 autocast on CUDA (ignored on CPU).
+    sw_batch_size : sliding windows per forward pass of our MONAI models (more is faster on a
+        GPU).
+    overlap : sliding-window overlap of our MONAI models in [0, 1); None uses the
+        checkpoint's (0.5).
+    amp : float16 autocast on CUDA for our MONAI models (ignored on CPU).
     force : also re-segment participants whose labels came from the manifest (bring your
         own segmentation); by default they are kept.
     cpu_threads : torch CPU threads for inference; None = the Dask worker's thread count
@@ -56,6 +64,11 @@ class SegmentConfig:
         its cores), torch's default outside one.
     """
 
+    # (the models' identity, weights and settings, is part of the ledger key on its own:
+    # moving a weights folder does not redo a cohort)
+    models: tuple[str, ...] = field(default=(), metadata={"ledger": False})
+    model_input: tuple[str, ...] | None = field(default=None, metadata={"ledger": False})
+    download_weights: bool = field(default=False, metadata={"ledger": False})
     device: str = "auto"
     sw_batch_size: int = 4
     overlap: float | None = None
@@ -64,6 +77,21 @@ class SegmentConfig:
     cpu_threads: int | None = None
 
     def __post_init__(self) -> None:
+        from pipelines.segment.segmenters import parse_model
+        from schemas.layout import IMAGE_ARRAYS
+
+        models = (self.models,) if isinstance(self.models, str) else tuple(self.models)
+        object.__setattr__(self, "models", models)
+        for m in models:
+            parse_model(m)  # raises naming the string
+        if self.model_input is not None:
+            chans = ((self.model_input,) if isinstance(self.model_input, str)
+                     else tuple(self.model_input))
+            bad = [c for c in chans if c not in IMAGE_ARRAYS]
+            if not chans or bad:
+                raise ValueError(f"model_input {list(chans)}: channels are "
+                                 f"{', '.join(IMAGE_ARRAYS)}")
+            object.__setattr__(self, "model_input", chans)
         if self.sw_batch_size < 1:
             raise ValueError(f"sw_batch_size {self.sw_batch_size} must be >= 1")
         if self.cpu_threads is not None and self.cpu_threads < 1:
@@ -72,6 +100,15 @@ class SegmentConfig:
             raise ValueError(f"overlap {self.overlap} must be in [0, 1)")
         if self.device != "auto" and not self.device.startswith(("cpu", "cuda")):
             raise ValueError(f"device {self.device!r}: use 'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+    @property
+    def model_refs(self):
+        """The parsed models (the shipped default model when none is given)."""
+        from pipelines.segment.segmenters import parse_model
+
+        if not self.models:
+            return (parse_model(str(DEFAULT_MODEL_PATH)),)
+        return tuple(parse_model(m) for m in self.models)
 
 
 @dataclass(frozen=True)
@@ -93,43 +130,29 @@ class SegmentResult:
     seconds: float = 0.0
 
 
-# Per-process memo of loaded models, keyed by (path, file sha256, device): a Dask worker
-# process loads each model once and reuses it for every participant it segments.  This is a
-# cache of a resource, not configuration: the key holds everything that determines the
-# value (the file's digest, so a replaced file is reloaded), and nothing reads it but
-# _cached_model.  Small bound: a worker rarely needs more than one model.
-_MODEL_CACHE: OrderedDict[tuple[str, str, str], LoadedModel] = OrderedDict()
-_MODEL_CACHE_SIZE = 2
-
-
-def _cached_model(model_path: str | Path | None, device: str) -> LoadedModel:
-    path = Path(model_path) if model_path is not None else DEFAULT_MODEL_PATH
-    path = path.resolve()
-    digest = file_sha256(path) if path.is_file() else ""
-    key = (str(path), digest, device)
-    model = _MODEL_CACHE.get(key)
-    if model is None:
-        model = load_model(path, device=device)
-        _MODEL_CACHE[key] = model
-        while len(_MODEL_CACHE) > _MODEL_CACHE_SIZE:
-            _MODEL_CACHE.popitem(last=False)
-        log.info("loaded model %s (%s) on %s", path, model.short_id, model.device)
-    else:
-        _MODEL_CACHE.move_to_end(key)
-    return model
-
-
 def clear_model_cache() -> None:
     """Forget the models this process has loaded (tests, or to free GPU memory)."""
-    _MODEL_CACHE.clear()
+    from pipelines.segment.segmenters import clear_cache
+
+    clear_cache()
+
+
+def resolve_segment_models(config: SegmentConfig):
+    """The config's models found and hashed (:func:`pipelines.segment.segmenters.
+    resolve_models`): call once in the client, pass the result to every task."""
+    from pipelines.segment.segmenters import resolve_models
+
+    return resolve_models(config.model_refs, input_override=config.model_input,
+                          download=config.download_weights)
 
 
 def segment_participant(
     participant_id: str,
     *,
     store: str | Path,
-    model_path: str | Path | None = None,
     config: SegmentConfig = SegmentConfig(),
+    models=None,
+    model_path: str | Path | None = None,
 ) -> SegmentResult:
     """Segment one participant of ``store`` and write its ``labels``.
 
@@ -137,27 +160,32 @@ def segment_participant(
     ----------
     participant_id : the participant's group in the store.
     store : path of the cohort store.
-    model_path : checkpoint; None = the shipped default (phantom-trained) model.
-    config : inference settings.
+    config : which models, and inference settings.
+    models : the config's models already resolved in the client
+        (:func:`resolve_segment_models`); None resolves them here.
+    model_path : shorthand for ``config.models = (model_path,)`` (one checkpoint).
 
     Returns
     -------
     SegmentResult
-        with the per-muscle confidence (mean max-softmax over each muscle's voxels), also
-        stored in the group's attrs under ``"segmentation"``.
+        with the per-muscle confidence where the model gives one (mean max-softmax over
+        each muscle's voxels), also stored in the group's attrs under ``"segmentation"``.
 
     Raises
     ------
     ParticipantError
         naming the participant when its data cannot be read, lack the model's channels, or
         inference or writing fails (the root cause is chained).
-    CheckpointError
-        when the model itself is unusable (not a participant problem).
+    CheckpointError, ValueError
+        when a model itself is unusable (not a participant problem).
     """
     from pipelines import store as st
+    from pipelines.segment.segmenters import combine_labels, load_segmenters
 
     t0 = time.perf_counter()
     pid = participant_id
+    if model_path is not None:
+        config = replace(config, models=(str(model_path),))
     try:
         attrs = st.read_attrs(store, pid)
     except (KeyError, OSError, ValueError) as e:
@@ -167,46 +195,58 @@ def segment_participant(
         log.info("participant %s: keeping labels from the manifest", pid)
         return SegmentResult(pid, "manifest", skipped=True, seconds=time.perf_counter() - t0)
 
-    model = _cached_model(model_path, config.device)
+    resolved = models if models is not None else resolve_segment_models(config)
+    segmenters = load_segmenters(tuple(resolved), config.device)
     available = tuple(c for c in attrs.channels if st.has_array(store, pid, c))
+    needed = tuple(dict.fromkeys(c for seg in segmenters for c in seg.channels))
+    missing = [c for c in needed if c not in available]
+    if missing:
+        raise ParticipantError(
+            pid, STAGE, f"model(s) {', '.join(s.labels_source for s in segmenters)} need "
+            f"channel(s) {missing}, which participant {pid} lacks (stored: {list(available)})")
     try:
-        check_channels(model.meta, available, f"participant {pid}")
-    except CheckpointError as e:
-        raise ParticipantError(pid, STAGE, str(e)) from e
-    try:
-        arrays = {c: st.read_array(store, pid, c) for c in model.meta.channels}
+        arrays = {c: st.read_array(store, pid, c) for c in needed}
     except (KeyError, OSError, ValueError) as e:
         raise ParticipantError(pid, STAGE, f"store {store}: cannot read images: {e}") from e
-    if model.device.type == "cpu":
+    if any(seg.device.startswith("cpu") for seg in segmenters):
         _limit_cpu_threads(config.cpu_threads)
+    affine = np.asarray(attrs.affine, dtype=np.float64)
+    outputs = []
+    for seg in segmenters:
+        try:
+            outputs.append(seg.segment(arrays, affine, attrs.spacing_mm, config=config))
+        except Exception as e:
+            raise ParticipantError(pid, STAGE, f"inference with model {seg.labels_source} "
+                                               f"failed: {type(e).__name__}: {e}") from e
+    labels, overlaps = combine_labels([o.labels for o in outputs],
+                                      [s.labels_source for s in segmenters])
+    source = "+".join(s.labels_source for s in segmenters)
+    confidence = {}
+    for o in outputs:
+        for k, v in o.confidence.items():
+            confidence.setdefault(k, v)
+    if len(outputs) == 1:  # one model: its own entry, as before
+        entry = dict(outputs[0].details)
+        entry.pop("resampled", None)
+    else:
+        entry = {"models": [{"labels_source": s.labels_source, **o.details}
+                            for s, o in zip(segmenters, outputs, strict=True)],
+                 "overlap_rule": "first model wins",
+                 "overlap_voxels": overlaps}
+    entry["device"] = segmenters[0].device
+    entry["confidence"] = {k: (None if v is None else round(v, 4)) for k, v in confidence.items()}
     try:
-        pred = predict(model, arrays, attrs.spacing_mm, sw_batch_size=config.sw_batch_size,
-                       overlap=config.overlap, amp=config.amp)
-    except Exception as e:
-        raise ParticipantError(pid, STAGE, f"inference with model {model.path} failed: "
-                                           f"{type(e).__name__}: {e}") from e
-    source = f"model:{model.short_id}"
-    entry = {
-        "model": model.short_id,
-        "model_sha256": model.sha256,
-        "model_file": model.path.name,
-        "model_training_data": model.meta.training.get("data", ""),
-        "device": str(model.device),
-        "resampled_to_mm": list(model.meta.preprocessing.spacing_mm) if pred.resampled else None,
-        "confidence": {k: (None if v is None else round(v, 4))
-                       for k, v in pred.confidence.items()},
-        "voxels_model_grid": pred.voxels,
-    }
-    try:
-        st.write_array(store, pid, "labels", pred.labels,
+        st.write_array(store, pid, "labels", labels,
                        attrs_update={"labels_source": source, ATTRS_ENTRY: entry})
     except (KeyError, OSError, ValueError) as e:
         raise ParticipantError(pid, STAGE, f"store {store}: cannot write labels: {e}") from e
     seconds = time.perf_counter() - t0
-    log.info("participant %s: segmented with %s on %s in %.2f s", pid, source, model.device,
-             seconds)
-    return SegmentResult(pid, source, False, model.short_id, str(model.device), pred.resampled,
-                         pred.confidence, pred.voxels, seconds)
+    log.info("participant %s: segmented with %s on %s in %.2f s", pid, source,
+             segmenters[0].device, seconds)
+    first = outputs[0].details
+    return SegmentResult(pid, source, False, first.get("model", source), segmenters[0].device,
+                         bool(first.get("resampled", False)), confidence,
+                         first.get("voxels_model_grid") or first.get("voxels") or {}, seconds)
 
 
 def _limit_cpu_threads(requested: int | None) -> None:
@@ -225,36 +265,32 @@ def _limit_cpu_threads(requested: int | None) -> None:
         torch.set_num_threads(n)
 
 
-def check_model_for_cohort(
-    store: str | Path, participant_ids, model_path: str | Path | None
-) -> list[str]:
-    """Validate the model against the data before any work.
+def check_model_for_cohort(store: str | Path, participant_ids, models) -> list[str]:
+    """Check resolved models against the data before any work.
 
-    Reads the checkpoint (format, vocabulary, architecture) and every participant's stored
-    channels.  Returns the ids of participants lacking a channel the model needs (they will be
-    recorded as failures); raises :class:`CheckpointError` when the checkpoint is unusable or
-    no participant has the model's channels.
+    Returns the ids of participants lacking a channel a model needs (they will be recorded
+    as failures); raises ``ValueError`` when no participant has them all.
     """
     from pipelines import store as st
 
-    path = Path(model_path) if model_path is not None else DEFAULT_MODEL_PATH
-    _, meta = read_checkpoint(path)
+    needed = tuple(dict.fromkeys(c for m in models for c in m.channels))
     lacking = []
     for pid in participant_ids:
         try:
             attrs = st.read_attrs(store, pid)
         except (KeyError, OSError, ValueError):
             continue  # reported by segment_participant with the participant's name
-        if any(c not in attrs.channels for c in meta.channels):
+        if any(c not in attrs.channels for c in needed):
             lacking.append(pid)
     ids = list(participant_ids)
     if ids and len(lacking) == len(ids):
         have = sorted({c for pid in ids for c in _channels_or_empty(store, pid)})
+        names = ", ".join(m.ref.text for m in models)
         raise CheckpointError(
-            f"model {path}: needs input channels {list(meta.channels)}, but no participant of "
-            f"store {store} has them all (stored channels: {have}); use a model trained on the "
-            "channels you have (`myocohort train --channels water,fat`)"
-        )
+            f"model(s) {names}: need input channels {list(needed)}, but no participant of "
+            f"store {store} has them all (stored channels: {have}); choose the model's input "
+            "with --model-input, or a model trained on the channels you have "
+            "(`myocohort train --channels water,fat`)")
     return lacking
 
 

@@ -81,13 +81,13 @@ def fake_ingest(images, *, store: str, config: object, fake: FakeConfig) -> Fake
     return FakeIngestResult(pid, True, content)
 
 
-def fake_segment(pid: str, *, store: str, model_path: str | None, config: object,
+def fake_segment(pid: str, *, store: str, models: object, config: object,
                  fake: FakeConfig) -> str:
     _log_call(store, "segment", pid)
     time.sleep(fake.sleep_s)
     if pid.endswith("SEGFAIL"):
         raise RuntimeError(f"participant {pid}: segmentation diverged")
-    _atomic_write(Path(store) / pid / "labels.txt", f"model:{model_path}")
+    _atomic_write(Path(store) / pid / "labels.txt", f"model:{models}")
     return pid
 
 
@@ -127,10 +127,12 @@ def fake_store_ids(store: Path) -> set[str]:
             if not p.name.startswith(".") and (p / "attrs.json").exists()}
 
 
-def fake_model_hash(model_path: Path | None) -> str:
-    if model_path is None:
-        return "default"
-    return hashlib.sha256(Path(model_path).read_bytes()).hexdigest()[:16]
+def fake_model_hash(config) -> tuple[tuple, str]:
+    """(resolved models, identity) of the segment config's models (files hashed)."""
+    if not config.models:
+        return ("default",), "default"
+    digest = hashlib.sha256(b"".join(Path(m).read_bytes() for m in config.models))
+    return tuple(config.models), digest.hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -168,7 +170,7 @@ def fake_stage_functions(sleep_s: float = 0.0, scale: float = 1.0):
                            outputs=lambda inputs: fake_store_ids(inputs.store),
                            prepare=lambda inputs, pids: None)
     stages = replace_stage(stages, "segment", task=partial(fake_segment, fake=fake),
-                           model_identity=fake_model_hash, prepare=lambda inputs, pids: None)
+                           resolve_models=fake_model_hash, prepare=lambda inputs, pids: None)
     stages = replace_stage(stages, "quantify", task=partial(fake_quantify, fake=fake))
     stages = replace_stage(stages, "fit", function=fake_fit)
     return replace_stage(stages, "report", function=fake_report)

@@ -100,7 +100,11 @@ def test_new_participants_changed_input_and_model(tmp_path, local_profile):
 
     model = tmp_path / "model.pt"
     model.write_bytes(b"weights v2")
-    assert run(man, cov, wd, local_profile, model_path=model)[0].exit_code == 0
+    from jobs.options import with_segment_options
+    from jobs.runconfig import load_run_config
+
+    config = with_segment_options(load_run_config(None), [str(model)], None, False)
+    assert run(man, cov, wd, local_profile, config=config)[0].exit_code == 0
     new = calls(wd) - c2
     assert not any(s == "ingest" for s, _ in new)
     assert sorted(pid for s, pid in new if s == "segment") == [f"P{i:04d}" for i in range(6)]

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 from conftest import TINY_SHAPE, assert_labels_valid, phantom_group, write_tiny_checkpoint
 
-import pipelines.segment.stage as stage
 from pipelines import store as st
 from pipelines.segment import (
     CheckpointError,
@@ -19,11 +18,17 @@ from pipelines.segment.checkpoint import VOCABULARY
 from schemas.vocabulary import MUSCLE_NAMES
 
 
-def segment_cohort(store, ids, **kw):
+def segment_cohort(store, ids, *, model_path=None, config=None, **kw):
     """The segment stage of the registry (what `myocohort segment` runs): its outcomes."""
-    from jobs.driver import run_stage
+    import dataclasses
 
-    return run_stage("segment", ids, store=store, **kw).outcomes
+    from jobs.driver import run_stage
+    from pipelines.segment import SegmentConfig
+
+    config = config or SegmentConfig()
+    if model_path is not None:
+        config = dataclasses.replace(config, models=(str(model_path),))
+    return run_stage("segment", ids, store=store, config=config, **kw).outcomes
 
 CPU = SegmentConfig(device="cpu", sw_batch_size=2)
 
@@ -81,8 +86,8 @@ def _no_inference(*args, **kwargs):
 
 def test_wrong_vocabulary_is_refused_before_any_work(tiny_store, tmp_path, monkeypatch):
     bad = write_tiny_checkpoint(tmp_path / "bad.pt", vocabulary=VOCABULARY[:10])
-    monkeypatch.setattr(stage, "predict", _no_inference)
-    monkeypatch.setattr(stage, "load_model", _no_inference)
+    monkeypatch.setattr("pipelines.segment.inference.predict", _no_inference)
+    monkeypatch.setattr("pipelines.segment.checkpoint.load_model", _no_inference)
     with pytest.raises(CheckpointError, match="bad.pt.*vocabulary"):
         segment_cohort(tiny_store, st.participant_ids(tiny_store), model_path=bad, config=CPU)
     assert not any(st.has_array(tiny_store, p, "labels") for p in st.participant_ids(tiny_store))
@@ -96,9 +101,9 @@ def test_channels_nobody_has_are_refused_before_any_work(tiny_store, tmp_path, m
         st.write_group(root, pid, arrays, attrs)
     four = write_tiny_checkpoint(tmp_path / "four.pt",
                                  channels=("water", "fat", "in_phase", "opposed_phase"))
-    monkeypatch.setattr(stage, "predict", _no_inference)
-    monkeypatch.setattr(stage, "load_model", _no_inference)
-    with pytest.raises(CheckpointError, match="needs input channels.*no participant"):
+    monkeypatch.setattr("pipelines.segment.inference.predict", _no_inference)
+    monkeypatch.setattr("pipelines.segment.checkpoint.load_model", _no_inference)
+    with pytest.raises(CheckpointError, match="need input channels.*no participant"):
         segment_cohort(root, ["A1", "A2"], model_path=four, config=CPU)
 
 
@@ -118,14 +123,16 @@ def test_manifest_labels_are_kept_unless_forced(tiny_store, tiny_model):
 
 
 def test_model_is_loaded_once_per_process(tiny_store, tiny_model, monkeypatch):
+    import pipelines.segment.checkpoint as checkpoint
+
     calls = []
-    real = stage.load_model
+    real = checkpoint.load_model
 
     def counting(*a, **k):
         calls.append(a)
         return real(*a, **k)
 
-    monkeypatch.setattr(stage, "load_model", counting)
+    monkeypatch.setattr(checkpoint, "load_model", counting)
     segment_cohort(tiny_store, ["P001", "P002", "P003"], model_path=tiny_model, config=CPU)
     assert len(calls) == 1
     # a replaced file (new digest) is loaded afresh
