@@ -101,7 +101,7 @@ def _time_ours(store, ids, model_path, device: str, *, cold: bool = True,
         clear_model_cache()
     t0 = time.perf_counter()
     outcomes = run_stage("segment", ids, store=store, model_path=model_path,
-                         config=SegmentConfig(device=device, sw_batch_size=4,
+                         config=SegmentConfig(device=device,
                                               overlap=overlap)).outcomes
     secs = time.perf_counter() - t0
     bad = [o.failure.message for o in outcomes if not o.ok]

@@ -112,8 +112,10 @@ def segment(
                                      "participant)."),
     device: str = typer.Option("auto", "--device", metavar="DEVICE",
                                help="auto (CUDA when usable), cpu, cuda or cuda:N."),
-    sw_batch_size: int = typer.Option(4, "--sw-batch-size", metavar="N",
-                                      help="Sliding windows per forward pass."),
+    sw_batch_size: int | None = typer.Option(None, "--sw-batch-size", metavar="N",
+                                             help="Sliding windows per forward pass of a "
+                                             "MONAI model (default: 4 on CUDA, 1 on the "
+                                             "CPU)."),
     overlap: float | None = typer.Option(None, "--overlap", metavar="FRACTION",
                                          help="Sliding-window overlap in [0, 1) (default: "
                                          "the checkpoint's)."),

@@ -11,7 +11,8 @@ starts worker processes with ``spawn``, so each job gets a fresh interpreter)::
 
 ``make-model`` writes a raw dataset of synthetic phantoms, runs nnunetv2's fingerprint
 extraction and experiment planner on it, shrinks the planned network (a few thousand
-parameters, so CPU inference takes a second) and saves a freshly initialised network with
+parameters, so CPU inference takes a second; ``"shrink": false`` keeps nnU-Net's planned
+network, millions of parameters, for the GPU benchmark) and saves a freshly initialised network with
 the trainer's own ``save_checkpoint`` into ``OUT_FOLDER`` (``dataset.json``, ``plans.json``,
 ``fold_0/checkpoint_final.pth``: a trained-model folder as nnU-Net writes it).
 """
@@ -103,12 +104,13 @@ def make_model(out: Path, spec: dict) -> None:
     plans_path = work / "preprocessed" / name / "nnUNetPlans.json"
     plans = json.loads(plans_path.read_text())
     cfg = plans["configurations"]["3d_fullres"]
-    kw = cfg["architecture"]["arch_kwargs"]
-    kw.update(n_stages=3, features_per_stage=[4, 8, 16], kernel_sizes=[[3, 3, 3]] * 3,
-              strides=[[1, 1, 1], [2, 2, 2], [2, 2, 2]], n_conv_per_stage=[1, 1, 1],
-              n_conv_per_stage_decoder=[1, 1])
-    cfg["patch_size"] = list(spec.get("patch_size", [32, 32, 32]))
-    cfg["batch_size"] = 2
+    if spec.get("shrink", True):  # a few thousand parameters instead of the planned millions
+        kw = cfg["architecture"]["arch_kwargs"]
+        kw.update(n_stages=3, features_per_stage=[4, 8, 16], kernel_sizes=[[3, 3, 3]] * 3,
+                  strides=[[1, 1, 1], [2, 2, 2], [2, 2, 2]], n_conv_per_stage=[1, 1, 1],
+                  n_conv_per_stage_decoder=[1, 1])
+        cfg["patch_size"] = list(spec.get("patch_size", [32, 32, 32]))
+        cfg["batch_size"] = 2
     plans_path.write_text(json.dumps(plans, indent=2))
 
     from nnunetv2.experiment_planning.plan_and_preprocess_api import preprocess_dataset

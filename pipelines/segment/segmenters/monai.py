@@ -65,7 +65,8 @@ class MonaiSegmenter(Segmenter):
                 spacing_mm: tuple[float, float, float], *, config: Any) -> SegmentOutput:
         from pipelines.segment.inference import predict
 
-        pred = predict(self.model, arrays, spacing_mm, sw_batch_size=config.sw_batch_size,
+        batch = config.sw_batch_size or (4 if self.model.device.type == "cuda" else 1)
+        pred = predict(self.model, arrays, spacing_mm, sw_batch_size=batch,
                        overlap=config.overlap, amp=config.amp)
         meta = self.model.meta
         return SegmentOutput(pred.labels, pred.confidence, {
