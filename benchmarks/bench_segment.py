@@ -1,8 +1,9 @@
 """Segment stage: seconds per participant and voxels/s, ours against a naive baseline.
 
-Ours: the registry's segment stage (:func:`jobs.driver.run_stage`) (model loaded once per process, normalisation
-and resampling in torch on the model's device, batched sliding windows, argmax and
-confidence in torch).
+Ours: the registry's segment stage (:func:`jobs.driver.run_stage`): model loaded once per
+process, normalisation and resampling in torch on the model's device, sliding windows one per
+forward pass on the CPU (four on CUDA), argmax and confidence in torch.  Measured best of three
+interleaved runs after a warm-up of both paths.
 
 Baseline, measured in the same run on the same store: what published pipelines typically do
 -- reload the checkpoint for every participant, normalise with NumPy, resample with
@@ -90,7 +91,7 @@ def _baseline_participant(store, pid, model_path) -> np.ndarray:
 
 
 def _time_ours(store, ids, model_path, device: str, *, cold: bool = True,
-               overlap: float | None = None) -> tuple[float, dict]:
+               overlap: float | None = 0.25) -> tuple[float, dict]:
     """Seconds to segment ``ids`` (``cold``: including loading the model once)."""
     from jobs.driver import run_stage
     from pipelines import store as st
@@ -100,8 +101,8 @@ def _time_ours(store, ids, model_path, device: str, *, cold: bool = True,
     if cold:
         clear_model_cache()
     t0 = time.perf_counter()
-    outcomes = run_stage("segment", ids, store=store, model_path=model_path,
-                         config=SegmentConfig(device=device,
+    outcomes = run_stage("segment", ids, store=store,
+                         config=SegmentConfig(models=(str(model_path),), device=device,
                                               overlap=overlap)).outcomes
     secs = time.perf_counter() - t0
     bad = [o.failure.message for o in outcomes if not o.ok]
@@ -114,13 +115,27 @@ def _case(store: Path, ids, model_path, shape) -> dict:
     import torch
 
     n_vox = int(np.prod(shape)) * len(ids)
-    ours_s, ours_labels = _time_ours(store, ids, model_path, "cpu")
-    t0 = time.perf_counter()
-    base_labels = {pid: _baseline_participant(store, pid, model_path) for pid in ids}
-    base_s = time.perf_counter() - t0
-    # same window count as the baseline (MONAI's default 25 % overlap), to separate the cost
-    # of our 50 % overlap from the rest of the pipeline
-    ours25_s, _ = _time_ours(store, ids, model_path, "cpu", overlap=0.25)
+
+    def baseline():
+        t0 = time.perf_counter()
+        labels = {pid: _baseline_participant(store, pid, model_path) for pid in ids}
+        return time.perf_counter() - t0, labels
+
+    # warm up torch in this process first (its first convolutions build oneDNN primitives),
+    # then interleave the two three times and keep each one's best: on a shared 2-core
+    # machine a single run of either is off by up to 30 %
+    _time_ours(store, ids[:1], model_path, "cpu")
+    baseline_once = _baseline_participant(store, ids[0], model_path)
+    del baseline_once
+    ours_runs, base_runs = [], []
+    for _ in range(3):
+        # our default overlap (25 %) is MONAI's default too: the same windows as the baseline
+        ours_runs.append(_time_ours(store, ids, model_path, "cpu"))
+        base_runs.append(baseline())
+    ours_s, ours_labels = min(ours_runs, key=lambda r: r[0])
+    base_s, base_labels = min(base_runs, key=lambda r: r[0])
+    # the checkpoint's own overlap (50 %, 1.4x the windows), for reference
+    ours50_s, _ = _time_ours(store, ids, model_path, "cpu", overlap=None)
     agree = float(np.mean([np.mean(ours_labels[p] == base_labels[p]) for p in ids]))
     out = {
         "participants": len(ids),
@@ -130,10 +145,12 @@ def _case(store: Path, ids, model_path, shape) -> dict:
         "baseline_cpu_s_per_participant": round(base_s / len(ids), 3),
         "baseline_cpu_voxels_per_s": round(n_vox / base_s),
         "speedup_cpu": round(base_s / ours_s, 2),
-        "ours_cpu_overlap_0.25_s_per_participant": round(ours25_s / len(ids), 3),
-        "speedup_cpu_same_overlap": round(base_s / ours25_s, 2),
+        "ours_cpu_checkpoint_overlap_0.5_s_per_participant": round(ours50_s / len(ids), 3),
+        "speedup_cpu_at_checkpoint_overlap": round(base_s / ours50_s, 2),
         "label_agreement_ours_vs_baseline": round(agree, 4),
         "torch_threads": torch.get_num_threads(),
+        "runs_s": {"ours": [round(r[0], 3) for r in ours_runs],
+                   "baseline": [round(r[0], 3) for r in base_runs]},
     }
     return out
 

@@ -40,7 +40,8 @@ class Prediction:
 
 
 def normalise(x: torch.Tensor, channels: tuple[str, ...], spec: PreprocessSpec) -> torch.Tensor:
-    """Divide every channel of ``x`` (shape ``(C, *spatial)``) by the spec's robust scale.
+    """Divide every channel of ``x`` (shape ``(C, *spatial)``, overwritten) by the spec's
+    robust scale.
 
     The scale is the ``spec.percentile`` of the sum of the reference channels over voxels
     where that sum exceeds ``spec.foreground_fraction`` of its maximum; the result is
@@ -49,7 +50,7 @@ def normalise(x: torch.Tensor, channels: tuple[str, ...], spec: PreprocessSpec) 
     import torch
 
     idx = [channels.index(c) for c in spec.reference]
-    ref = x[idx].sum(0)
+    ref = x.sum(0) if idx == list(range(x.shape[0])) else x[idx].sum(0)
     top = ref.max()
     fg = ref[ref > spec.foreground_fraction * top]
     if fg.numel() == 0 or not torch.isfinite(top) or top <= 0:
@@ -57,7 +58,8 @@ def normalise(x: torch.Tensor, channels: tuple[str, ...], spec: PreprocessSpec) 
     else:
         k = max(1, min(fg.numel(), math.ceil(spec.percentile / 100.0 * fg.numel())))
         scale = fg.kthvalue(k).values.clamp_min(1e-6)
-    return (x / scale).clamp_(0.0, spec.clip)
+    del ref, fg
+    return x.div_(scale).clamp_(0.0, spec.clip)  # in place: a whole-body volume is large
 
 
 def target_shape(shape, spacing_mm, model_spacing_mm) -> tuple[int, int, int]:
@@ -115,6 +117,8 @@ def sliding_window_logits(
     use_amp = amp and x.device.type == "cuda"
     autocast = (torch.autocast("cuda", dtype=torch.float16) if use_amp
                 else contextlib.nullcontext())
+    if x.device.type == "cpu":  # as the network (load_model): oneDNN's faster layout
+        x = x.contiguous(memory_format=torch.channels_last_3d)
     with torch.inference_mode(), autocast:
         return inferer(x, model.network)
 

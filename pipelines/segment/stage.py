@@ -56,7 +56,9 @@ class SegmentConfig:
         (faster there) and 1 on the CPU, where batching windows is slower (measured: 0.60 s
         with 1, 0.76 s with 4 per 6 mm phantom on 2 threads).
     overlap : sliding-window overlap of our MONAI models in [0, 1); None uses the
-        checkpoint's (0.5).
+        checkpoint's (0.5 for the shipped model).  Default 0.25: on six unseen phantoms the
+        shipped model's mean Dice is 0.9444 at 0.25 and 0.9441 at 0.5, with 10 instead of
+        14 windows per UK Biobank-sized participant.
     amp : float16 autocast on CUDA for our MONAI models (ignored on CPU).
     force : also re-segment participants whose labels came from the manifest (bring your
         own segmentation); by default they are kept.
@@ -72,7 +74,7 @@ class SegmentConfig:
     download_weights: bool = field(default=False, metadata={"ledger": False})
     device: str = "auto"
     sw_batch_size: int | None = None
-    overlap: float | None = None
+    overlap: float | None = 0.25
     amp: bool = True
     force: bool = False
     cpu_threads: int | None = None
