@@ -33,6 +33,7 @@ def ingest_cohort(manifest, store, **kw):
 
     return run_stage("ingest", store=store, manifest=manifest, **kw).outcomes
 
+
 SHAPE = (14, 12, 40)  # the whole participant; stations are cut from it along k
 PARTS = [(0, 16), (12, 28), (24, 40)]
 AFF = affine_ras((2.0, 2.5, 3.0), (-13.0, -14.0, -300.0))

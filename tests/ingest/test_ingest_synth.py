@@ -28,6 +28,7 @@ def ingest_cohort(manifest, store, **kw):
 
     return run_stage("ingest", store=store, manifest=manifest, **kw).outcomes
 
+
 SHAPE = (24, 16, 48)
 SPACING = (8.0, 8.0, 8.0)
 

@@ -52,6 +52,8 @@ def test_out_of_range_value_is_attributed_to_its_key(tmp_path):
     ("stats:\n  exposures: 3\n", "exposures", "expected a list of strings"),
     ("run:\n  max_in_flight: 0\n", "max_in_flight", "must be an integer >= 1"),
     ("report:\n  max_clusters: 1\n", "max_clusters", "must be >= 2"),
+    ("segment:\n  models: ['nnunet:']\n", "models", "needs the model folder"),
+    ("segment:\n  models: ['nnunet:/m;fold=1']\n", "models", "unknown option 'fold=1'"),
 ])
 def test_wrong_types_and_values(tmp_path, text, key, expected):
     (p,) = _problems(text, tmp_path)

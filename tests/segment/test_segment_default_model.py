@@ -25,7 +25,6 @@ from schemas.layout import GroupAttrs
 TEST_SEEDS = (TEST_SEED_START + 11, TEST_SEED_START + 12, TEST_SEED_START + 13)
 
 
-
 def segment_cohort(store, ids, *, model_path=None, config=None, **kw):
     """The segment stage of the registry (what `myocohort segment` runs): its outcomes."""
     import dataclasses
@@ -37,6 +36,7 @@ def segment_cohort(store, ids, *, model_path=None, config=None, **kw):
     if model_path is not None:
         config = dataclasses.replace(config, models=(str(model_path),))
     return run_stage("segment", ids, store=store, config=config, **kw).outcomes
+
 
 def test_default_model_is_small_and_describes_itself():
     assert DEFAULT_MODEL_PATH.is_file()

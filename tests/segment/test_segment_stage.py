@@ -30,6 +30,7 @@ def segment_cohort(store, ids, *, model_path=None, config=None, **kw):
         config = dataclasses.replace(config, models=(str(model_path),))
     return run_stage("segment", ids, store=store, config=config, **kw).outcomes
 
+
 CPU = SegmentConfig(device="cpu", sw_batch_size=2)
 
 
