@@ -77,6 +77,7 @@ def quantify(
     from pipelines import store as st
     from pipelines.aggregate import read_parts, write_metrics_tables
     from pipelines.quantify import QuantifyConfig
+    from pipelines.quantify.tables import with_covariates
     from schemas.manifest import ManifestError
 
     profile = load_profile_or_exit(cluster)
@@ -127,7 +128,7 @@ def quantify(
         state = "ok" if outcome.ok else f"FAILED: {outcome.failure.message}"
         print(f"[{done[0]}/{len(ids)}] {outcome.participant_id}: {state}", flush=True)
 
-    inputs = command_inputs("quantify", store, config, covariates=cov, parts_dir=out / "parts")
+    inputs = command_inputs("quantify", store, config, parts_dir=out / "parts")
     try:
         with ExitStack() as stack:
             run = run_participant_stage(
@@ -138,6 +139,7 @@ def quantify(
         error(f"cluster {cluster!r}: {e}")
         raise typer.Exit(EXIT_NO_CLUSTER) from None
     muscle_df, participant_df = read_parts(inputs.parts_dir, run.current)
+    participant_df = with_covariates(participant_df, cov, config)
     paths = write_metrics_tables(out, muscle_df, participant_df)
     fpath = out / "failures.parquet"
     write_failures_table(fpath, run.failures)

@@ -144,6 +144,12 @@ def run_pipeline(
                 echo(f"warning: {len(missing)} participant(s) have no covariates row (first: "
                      f"{missing[0]}); their covariates are empty in tables/cohort.parquet")
                 events.event("covariates_missing", participants=missing)
+            in_manifest = set(manifest.participant_ids)
+            extra = [str(p) for p in covariates.index if p not in in_manifest]
+            if extra:
+                echo(f"warning: {len(extra)} covariates row(s) name no participant of the "
+                     f"manifest (first: {extra[0]}); they are left out")
+                events.event("covariates_extra", participants=extra)
         cluster_stack = stack.enter_context(ExitStack())
         clients = Clients(profile, cluster_stack, echo, events)
         status = "failed"

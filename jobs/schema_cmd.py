@@ -31,6 +31,10 @@ def validate(
             if missing:
                 print(f"warning: {len(missing)} manifest participants have no covariates row "
                       f"(first: {missing[0]})")
+            extra = sorted(set(cov.index) - set(m.participant_ids))
+            if extra:
+                print(f"warning: {len(extra)} covariates rows name no manifest participant "
+                      f"(first: {extra[0]}); a run leaves them out")
     except ManifestError as e:
         print(f"error: {e}")
         raise typer.Exit(2) from None

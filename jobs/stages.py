@@ -317,9 +317,10 @@ SEGMENT = ParticipantStage(
 
 def _quantify_item(inputs: StageInputs, pid: str) -> Any:
     from pipelines.quantify import QuantifyItem
-    from schemas.covariates import covariates_row
 
-    return QuantifyItem(pid, covariates_row(inputs.covariates, pid))
+    # no covariates: the two metrics that need them are computed at aggregation, so a
+    # changed covariate never redoes a participant's images
+    return QuantifyItem(pid)
 
 
 def _quantify_task(item: Any, *, store: str, config: Any) -> Any:
@@ -330,11 +331,9 @@ def _quantify_task(item: Any, *, store: str, config: Any) -> Any:
 
 def _quantify_key(inputs: StageInputs, pid: str) -> StageKey:
     from jobs.runconfig import config_hash
-    from schemas.covariates import covariates_row
 
     segment = inputs.ledger.get(pid, "segment") if inputs.ledger else None
-    return StageKey(stable_hash(_content_hash(inputs, pid), segment.key if segment else "",
-                                covariates_row(inputs.covariates, pid)),
+    return StageKey(stable_hash(_content_hash(inputs, pid), segment.key if segment else ""),
                     inputs.version, "", config_hash(inputs.config.stage("quantify")))
 
 
@@ -376,13 +375,17 @@ QUANTIFY = ParticipantStage(
 
 
 def _aggregate(stage: CohortStage, inputs: StageInputs, upstream: dict[str, Any]) -> Any:
-    """Tables from the parts of the participants whose quantify result is current."""
+    """Tables from the parts of the participants whose quantify result is current, with the
+    covariate-dependent metrics computed from the current covariates."""
     from pipelines.aggregate import read_parts, write_metrics_tables
+    from pipelines.quantify.tables import with_covariates
 
     current = upstream["quantify"]
     muscle_df, participant_df = read_parts(_parts(inputs), current)
     if participant_df.empty:
         raise RuntimeError("no participant was quantified; no tables")
+    participant_df = with_covariates(participant_df, inputs.covariates,
+                                     inputs.config.stage("quantify"))
     sites = {p.participant_id: p.site for p in inputs.manifest} if inputs.manifest else None
     cohort_df = stage.function(participant_df, inputs.covariates, sites)
     write_metrics_tables(inputs.tables_dir, muscle_df, participant_df, cohort_df)

@@ -21,10 +21,26 @@ def read_table(path: str | Path, what: str):
             return pd.read_parquet(path)
         if suffix in (".csv", ".txt", ".tsv"):
             sep = "\t" if suffix == ".tsv" else ","
-            return pd.read_csv(path, dtype=str, keep_default_na=False, sep=sep)
+            df = pd.read_csv(path, dtype=str, keep_default_na=False, sep=sep)
     except Exception as e:  # pandas/pyarrow raise many types for a corrupt file
         raise ValueError(f"{what} {path}: cannot be read as a table: {e}") from e
+    if suffix in (".csv", ".txt", ".tsv"):
+        if len(df.columns) == 1:
+            _check_delimiter(path, what, str(df.columns[0]), sep)
+        return df
     raise ValueError(f"{what} {path}: unsupported file type {suffix!r} (use .csv or .parquet)")
+
+
+def _check_delimiter(path: Path, what: str, header: str, sep: str) -> None:
+    """A table that parses into one column whose header holds another delimiter was written
+    with that delimiter: say so instead of reporting every column as missing."""
+    names = {";": "semicolons", "\t": "tabs", "|": "vertical bars", ",": "commas"}
+    for other in (";", "\t", "|", ","):
+        if other != sep and other in header:
+            raise ValueError(
+                f"{what} {path}: the header {header!r} reads as one column: the file seems to "
+                f"separate its columns with {names[other]}, but {names[sep]} are expected "
+                f"(save it as comma-separated CSV{', or use .tsv' if other == chr(9) else ''})")
 
 
 def row_label(path: Path, index: int) -> str:

@@ -183,6 +183,32 @@ def participant_row(
 MUSCLE_BY_NAME_LABEL = {m.name: m.label for m in MUSCLE_BY_LABEL.values()}
 
 
+def with_covariates(participant_df: pd.DataFrame, covariates: Any,
+                    config: QuantifyConfig) -> pd.DataFrame:
+    """The participant table with its two covariate-dependent metrics computed from
+    ``covariates`` (a table as :func:`schemas.covariates.load_covariates` returns it, or
+    None): ``lmm_index = lmm_cm3 / normaliser`` and ``lesion_load_quotient = lesion_load_pct /
+    disease_duration_years`` (NaN where the covariates do not give them), exactly as
+    :func:`participant_row` computes them.  Aggregation applies it, so a changed covariate
+    redoes only the tables, fit and report, never a participant's images."""
+    from schemas.covariates import covariates_row
+
+    out = participant_df.copy()
+    if out.empty:
+        return out
+    index, quotient = [], []
+    for pid, lean, lesion in zip(out["participant_id"], out["lmm_cm3"], out["lesion_load_pct"],
+                                 strict=True):
+        cov = covariates_row(covariates, str(pid))
+        norm = lmm_normaliser(cov, config.normalisation)
+        duration = _number(cov, "disease_duration_years")
+        index.append(float(lean) / norm if norm > 0 else math.nan)
+        quotient.append(float(lesion) / duration if duration > 0 else math.nan)
+    out["lmm_index"] = index
+    out["lesion_load_quotient"] = quotient
+    return out
+
+
 def empty_muscle_frame() -> pd.DataFrame:
     """A typed, empty muscle-metrics frame."""
     import pandas as pd

@@ -187,13 +187,16 @@ def quantify_cohort(store, ids, *, config=None, covariates=None, client=None,
     from jobs.driver import Clients, command_inputs, run_participant_stage
     from jobs.stages import QUANTIFY
     from pipelines.aggregate import read_parts, write_metrics_tables
+    from pipelines.quantify.tables import with_covariates
 
     out = Path(out or Path(store).parent / "q-out")
-    inputs = command_inputs("quantify", store, config or QuantifyConfig(),
-                            covariates=covariates, parts_dir=out / "parts")
+    config = config or QuantifyConfig()
+    inputs = command_inputs("quantify", store, config, parts_dir=out / "parts")
     run = run_participant_stage(QUANTIFY, list(ids), inputs, clients=Clients(None, client=client),
                                 quiet=True, traceback_dir=traceback_dir)
-    paths = write_metrics_tables(out, *read_parts(inputs.parts_dir, run.current))
+    muscle_df, participant_df = read_parts(inputs.parts_dir, run.current)
+    participant_df = with_covariates(participant_df, covariates, config)
+    paths = write_metrics_tables(out, muscle_df, participant_df)
     return run.outcomes, pd.read_parquet(paths["muscle_metrics"]), \
         pd.read_parquet(paths["participant_metrics"]), paths
 

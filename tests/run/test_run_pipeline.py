@@ -202,3 +202,25 @@ def test_resume_after_sigkill_gives_same_tables(tmp_path):
         pd.testing.assert_frame_equal(a, b)
     assert sorted(p.name for p in (wd / "store.zarr").iterdir() if not p.name.startswith(".")) \
         == [f"P{i:04d}" for i in range(8)]
+
+
+def test_covariate_change_redoes_only_the_tables(tmp_path, local_profile):
+    """Quantify's key holds no covariates: a new BMI changes lmm_index in the tables without
+    any image work."""
+    man, cov = make_cohort(tmp_path / "cohort", 3)
+    wd = tmp_path / "work"
+    assert run(man, cov, wd, local_profile)[0].exit_code == 0
+    before_calls = calls(wd)
+    pm0 = tables(wd)[0].set_index("participant_id")
+    covs = pd.read_csv(cov, dtype=str)
+    covs.loc[covs.participant_id == "P0001", "bmi"] = "40"
+    covs.to_csv(cov, index=False)
+    res, _ = run(man, cov, wd, local_profile)
+    assert res.exit_code == 0 and calls(wd) == before_calls, "a covariate change did image work"
+    assert res.dashboard_link is None  # not even a cluster
+    pm1 = tables(wd)[0].set_index("participant_id")
+    assert pm1.loc["P0001", "lmm_index"] == pytest.approx(pm1.loc["P0001", "lmm_cm3"] / 40)
+    assert pm1.loc["P0001", "lmm_index"] != pm0.loc["P0001", "lmm_index"]
+    assert pm1.loc["P0002", "lmm_index"] == pm0.loc["P0002", "lmm_index"]
+    cohort = tables(wd)[2].set_index("participant_id")
+    assert cohort.loc["P0001", "bmi"] == 40

@@ -151,3 +151,35 @@ def test_parquet_rows_are_named_without_line_numbers(tmp_path):
     df.to_parquet(path)
     msg = _expect(path, "row 2", "column 'channel'", "'T2'")
     assert "line" not in msg
+
+
+@pytest.mark.parametrize("sep,word", [(";", "semicolons"), ("\t", "tabs")])
+def test_a_table_with_another_delimiter_gets_a_hint(tmp_path, sep, word):
+    from schemas.covariates import load_covariates
+
+    m = tmp_path / "manifest.csv"
+    m.write_text(sep.join(["participant_id", "site", "station", "channel", "path"]) + "\n"
+                 + sep.join(["P1", "A", "0", "water", "w.nii"]) + "\n")
+    with pytest.raises(ManifestError, match=f"one column: the file seems to separate its "
+                                            f"columns with {word}"):
+        load_manifest(m)
+    c = tmp_path / "cov.csv"
+    c.write_text(f"participant_id{sep}age\nP1{sep}50\n")
+    with pytest.raises(ManifestError, match=word):
+        load_covariates(c)
+
+
+def test_validate_reports_covariates_rows_without_participant(tmp_path):
+    from typer.testing import CliRunner
+
+    from jobs.cli import app
+
+    (tmp_path / "w.nii").write_bytes(b"x")
+    m = tmp_path / "manifest.csv"
+    m.write_text("participant_id,site,station,channel,path\nP1,A,0,water,w.nii\n"
+                 "P1,A,0,fat,w.nii\n")
+    c = tmp_path / "cov.csv"
+    c.write_text("participant_id,age\nP1,50\nP9,60\n")
+    res = CliRunner().invoke(app, ["validate", str(m), "--covariates", str(c)])
+    assert res.exit_code == 0, res.output
+    assert "1 covariates rows name no manifest participant (first: P9)" in res.output
