@@ -17,6 +17,7 @@ from jobs import (
     segment_cmd,
     stats_cmd,
     synth_cmd,
+    workdir_cmd,
 )
 
 
@@ -62,7 +63,7 @@ def main(
 
 
 for _module in (synth_cmd, schema_cmd, ingest_cmd, segment_cmd, quantify_cmd, stats_cmd, run_cmd,
-                cluster_cmd):
+                cluster_cmd, workdir_cmd):
     _module.register(app)
 
 if __name__ == "__main__":  # pragma: no cover

@@ -116,6 +116,19 @@ class StageRun:
         return [o.failure for o in self.outcomes if not o.ok]
 
 
+def _set_aside(inputs: StageInputs, pid: str, message: str, events: EventLog | None) -> None:
+    """A stage found ``pid``'s stored arrays damaged while reading them (a damaged byte the
+    cheap check cannot see): move the group aside so the next run rebuilds it from its
+    sources instead of failing on it for ever."""
+    from pipelines.store import quarantine_group
+
+    moved = quarantine_group(inputs.store, pid, [message])
+    if moved is not None:
+        log.warning("participant %s: the store is damaged (%s): its group was moved to %s; "
+                    "the next run rebuilds it from its sources", pid, message, moved)
+        _event(events, "store_damaged", participant_id=pid, moved_to=str(moved))
+
+
 def run_participant_stage(
     stage: ParticipantStage,
     participants: list[str],
@@ -187,6 +200,8 @@ def run_participant_stage(
                               detail=stage.detail(outcome.value))
             else:
                 ledger.record(pid, name, keys[pid], "failed", seconds=outcome.seconds)
+                if outcome.failure.error_type == "StoreDamaged" and name != "ingest":
+                    _set_aside(inputs, pid, outcome.failure.message, events)
         if outcome.ok:
             ok_now.add(pid)
             _event(events, "participant_done", stage=name, participant_id=pid,

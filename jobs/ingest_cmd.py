@@ -20,6 +20,7 @@ from jobs.options import (
     load_profile_or_exit,
     write_failures_table,
 )
+from jobs.workdir import WorkdirError, lock
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +57,14 @@ def run_ingest(manifest_path: Path, store: Path, *, cluster: str | None, failure
     inputs = command_inputs("ingest", store, config, manifest=manifest)
     try:
         with ExitStack() as stack:
+            lock(stack, Path(store).absolute(), "store")  # one writer per store
             stage = run_participant_stage(
                 INGEST, list(manifest.participant_ids), inputs,
                 clients=Clients(profile, stack), quiet=True, traceback_dir=traceback_dir,
                 max_in_flight=profile.max_in_flight if profile else None, on_done=progress)
+    except WorkdirError as e:  # another run or command is writing this store
+        error(str(e))
+        return EXIT_BAD_INPUT
     except ClusterUnavailable as e:
         error(f"cluster {cluster!r}: {e}")
         return EXIT_NO_CLUSTER

@@ -91,17 +91,38 @@ class LedgerRow:
     detail: str
 
 
+class LedgerCorrupt(ValueError):
+    """The ledger file cannot be used; the message says what to do."""
+
+
 class Ledger:
-    """Per-participant, per-stage state in SQLite.  Use as a context manager or call close()."""
+    """Per-participant, per-stage state in SQLite.  Use as a context manager or call close().
+
+    Raises
+    ------
+    LedgerCorrupt
+        the file is not a usable SQLite database (damaged, or not a ledger).
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # isolation_level=None: we commit explicitly, one transaction per record
         self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+            self._db.execute("SELECT count(*) FROM stages").fetchone()
+            self._db.execute("PRAGMA quick_check").fetchone()
+        except sqlite3.DatabaseError as e:
+            self._db.close()
+            if "readonly" in str(e) or "unable to open" in str(e):
+                raise
+            raise LedgerCorrupt(
+                f"ledger {self.path} is damaged ({e}): run again with --rebuild-ledger, which "
+                "moves it aside and rebuilds it from the store's own attributes (nothing "
+                "already segmented is redone)") from e
 
     def __enter__(self) -> Ledger:
         return self
@@ -167,6 +188,24 @@ class Ledger:
             (time.time(), manifest, profile, "running"),
         )
         return int(cur.lastrowid)
+
+    def mark_interrupted(self) -> list[int]:
+        """Runs still marked ``running`` (their process ended without finishing them: the
+        caller holds the workdir lock) become ``interrupted``; returns their ids."""
+        ids = [r[0] for r in self._db.execute(
+            "SELECT run_id FROM runs WHERE status = 'running'")]
+        self._db.execute("UPDATE runs SET status = 'interrupted' WHERE status = 'running'")
+        return ids
+
+    def forget_participant(self, participant_id: str) -> int:
+        """Delete every row of one participant; returns how many."""
+        cur = self._db.execute("DELETE FROM stages WHERE participant_id = ?", (participant_id,))
+        return int(cur.rowcount)
+
+    def participants(self) -> list[str]:
+        """Every participant with a row."""
+        return [r[0] for r in self._db.execute(
+            "SELECT DISTINCT participant_id FROM stages ORDER BY participant_id")]
 
     def finish_run(self, run_id: int, status: str, summary: dict[str, Any]) -> None:
         self._db.execute(

@@ -18,6 +18,7 @@ from jobs.options import (
     load_profile_or_exit,
     write_failures_table,
 )
+from jobs.workdir import WorkdirError, lock
 
 log = logging.getLogger(__name__)
 
@@ -131,10 +132,14 @@ def quantify(
     inputs = command_inputs("quantify", store, config, parts_dir=out / "parts")
     try:
         with ExitStack() as stack:
+            lock(stack, Path(store).absolute(), "store")  # one writer per store
             run = run_participant_stage(
                 QUANTIFY, ids, inputs, clients=Clients(profile, stack), quiet=True,
                 traceback_dir=out / "tracebacks",
                 max_in_flight=profile.max_in_flight if profile else None, on_done=progress)
+    except WorkdirError as e:  # another run or command is writing this store
+        error(str(e))
+        raise typer.Exit(EXIT_BAD_INPUT) from None
     except ClusterUnavailable as e:
         error(f"cluster {cluster!r}: {e}")
         raise typer.Exit(EXIT_NO_CLUSTER) from None

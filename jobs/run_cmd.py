@@ -21,7 +21,6 @@ from typing import IO, TYPE_CHECKING, Any
 import typer
 
 from jobs.driver import COHORT_ID, Clients, run_cohort_stage, run_participant_stage
-from jobs.ledger import LEDGER_NAME, Ledger
 from jobs.options import (
     EXIT_BAD_INPUT,
     EXIT_FAILURES,
@@ -38,6 +37,16 @@ from jobs.options import (
 )
 from jobs.progress import LOG_NAME, EventLog, format_summary
 from jobs.stages import STAGES, CohortStage, ParticipantStage, Stage, StageInputs
+from jobs.workdir import (
+    STORE_NAME,
+    WorkdirError,
+    check_workdir,
+    forget_participants,
+    lock,
+    open_ledger,
+    stale_participants,
+)
+from jobs.workdir import rebuild_ledger as rebuild_ledger_rows
 
 if TYPE_CHECKING:
     from cluster.profile import Profile
@@ -87,6 +96,8 @@ def run_pipeline(
     stages: tuple[Stage, ...] = STAGES,
     stream: IO[str] | None = None,
     echo: Callable[[str], None] | None = None,
+    rebuild_ledger: bool = False,
+    prune: bool = False,
 ) -> RunResult:
     """Run every stage over the cohort, incrementally.
 
@@ -100,11 +111,18 @@ def run_pipeline(
     stages : the stages to run, in order (default: the registry; tests swap in fakes).
     stream : where live progress goes (stderr by default).
     echo : prints one user message (``print`` to stderr by default).
+    rebuild_ledger : a damaged ledger is moved aside and rebuilt from the store's own
+        attributes (:func:`jobs.workdir.rebuild_ledger`) instead of refused.
+    prune : erase participants the manifest no longer lists (store group, parts, ledger
+        rows, tracebacks, failure rows), as ``myocohort forget`` does.
 
     Raises
     ------
     schemas.manifest.ManifestError
         the manifest or covariates break their contract (nothing is run).
+    jobs.workdir.WorkdirError
+        the workdir is a file, read-only, in use by another run, or its ledger is damaged
+        (nothing is run).
     ValueError
         a segmentation model is missing or unusable (nothing is run).
     cluster.ClusterUnavailable
@@ -120,24 +138,46 @@ def run_pipeline(
     config = config or load_run_config(None)
     manifest = load_manifest(manifest_path)
     covariates = load_covariates(covariates_path) if covariates_path is not None else None
-    workdir = Path(workdir).resolve()
-    store = workdir / "store.zarr"
+    workdir = Path(workdir).expanduser().absolute()
+    store = workdir / STORE_NAME
     models, model_hash = _resolve_models(stages, manifest, config, store)
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = check_workdir(workdir)
+    store = workdir / STORE_NAME
     result = RunResult(workdir=workdir, n_participants=len(manifest))
     version = pipeline_version()
 
     with ExitStack() as stack:
-        ledger = stack.enter_context(Ledger(workdir / LEDGER_NAME))
+        held = lock(stack, workdir, "workdir")
+        lock(stack, store, "store")
+        ledger, damaged = open_ledger(workdir, rebuild=rebuild_ledger)
+        stack.callback(ledger.close)
         events = stack.enter_context(EventLog(workdir / LOG_NAME))
         inputs = StageInputs(store=store, config=config, version=version,
                              parts_dir=workdir / "tables" / "parts", workdir=workdir,
                              manifest=manifest, covariates=covariates, ledger=ledger,
                              models=models, model_hash=model_hash)
+        interrupted = ledger.mark_interrupted()
         run_id = ledger.start_run(str(manifest.source), profile.name)
         events.event("run_started", run_id=run_id, manifest=str(manifest.source),
                      participants=len(manifest), profile=profile.name, version=version,
                      workdir=str(workdir), config_source=config.source)
+        if interrupted or held.previous:
+            echo(f"warning: an earlier run on this workdir did not finish (run(s) "
+                 f"{interrupted or '?'}); marked interrupted, resuming from what it finished")
+            events.event("runs_interrupted", run_ids=interrupted)
+        if damaged is not None:
+            n = rebuild_ledger_rows(ledger, inputs, stages)
+            echo(f"warning: the ledger was damaged and moved to {damaged}; rebuilt {n} "
+                 "segmentation record(s) from the store")
+            events.event("ledger_rebuilt", damaged=str(damaged), rows=n)
+        stale = stale_participants(workdir, manifest.participant_ids)
+        if stale and prune:
+            gone = forget_participants(workdir, stale, ledger)
+            echo(f"pruned {len(stale)} participant(s) no longer in the manifest")
+            for pid in stale:
+                events.event("participant_forgotten", participant_id=pid, reason="prune")
+            events.event("pruned", **gone.__dict__)
+            stale = []
         if covariates is not None:
             missing = [p for p in manifest.participant_ids if p not in covariates.index]
             if missing:
@@ -156,6 +196,12 @@ def run_pipeline(
         try:
             _run_stages(stages, inputs, clients, events, result, stream, echo)
             status = "finished"
+            if stale:
+                echo(f"note: {len(stale)} participant(s) in the workdir are no longer in the "
+                     f"manifest ({', '.join(stale[:5])}{', ...' if len(stale) > 5 else ''}): "
+                     "their data are kept; erase them with `myocohort forget` or "
+                     "`myocohort run --prune`")
+                events.event("participants_not_in_manifest", participants=stale)
         finally:
             result.dashboard_link = clients.dashboard_link
             result.seconds = time.perf_counter() - t_run
@@ -172,19 +218,42 @@ def _run_stages(stages: tuple[Stage, ...], inputs: StageInputs, clients: Clients
                 echo: Callable[[str], None]) -> None:
     """Each stage in order: participant stages on the cluster, each for the participants the
     stage before left current; cohort stages here, after the cluster is shut down."""
-    current = list(inputs.manifest.participant_ids)
     upstream: dict[str, Any] = {}
     failed: set[str] = set()
     max_in_flight = inputs.config.run.max_in_flight or clients.max_in_flight
-    for stage in stages:
-        if isinstance(stage, ParticipantStage):
+    per_participant = [s for s in stages if isinstance(s, ParticipantStage)]
+
+    order = list(inputs.manifest.participant_ids)
+
+    def participant_stages(participants: list[str]) -> None:
+        """Every participant stage for ``participants``, each stage for those the stage
+        before left current; ``upstream[stage]`` gathers the current ones of every pass."""
+        current, redo = participants, set(participants)
+        for stage in per_participant:
             run = run_participant_stage(
                 stage, current, inputs, clients=clients, events=events, stream=stream,
                 traceback_dir=inputs.traceback_dir, max_in_flight=max_in_flight,
                 gpu=inputs.config.run.gpu)
             result.stages.append(run.summary)
             result.failures += run.failures
-            current = upstream[stage.name] = run.current
+            now = (set(upstream.get(stage.name, ())) - redo) | set(run.current)
+            upstream[stage.name] = [p for p in order if p in now]
+            current = run.current
+
+    participant_stages(list(inputs.manifest.participant_ids))
+    # a stage that found a participant's stored arrays damaged while reading them set the
+    # group aside (jobs.driver): rebuild those participants from their sources once, now
+    damaged = sorted({f.participant_id for f in result.failures
+                      if f.error_type == "StoreDamaged" and f.stage != "ingest"})
+    if damaged:
+        echo(f"warning: {len(damaged)} participant(s) had damaged stored arrays "
+             f"({', '.join(damaged[:5])}{', ...' if len(damaged) > 5 else ''}): rebuilding "
+             "them from their sources")
+        events.event("rebuilding_damaged", participants=damaged)
+        result.failures = [f for f in result.failures if f.participant_id not in damaged]
+        participant_stages(damaged)
+    for stage in stages:
+        if isinstance(stage, ParticipantStage):
             continue
         assert isinstance(stage, CohortStage)
         clients.stack.close()  # free the workers before the cohort stages
@@ -245,6 +314,12 @@ def run(
                                    help="Route segmentation (and GPU quantify) to workers "
                                    "offering a GPU: auto (when some worker offers one), on, "
                                    "off."),
+    prune: bool = typer.Option(False, "--prune",
+                               help="Erase participants the manifest no longer lists (store "
+                               "group, results, ledger rows), as `myocohort forget` does."),
+    rebuild_ledger: bool = typer.Option(False, "--rebuild-ledger",
+                                        help="Move a damaged ledger aside and rebuild it from "
+                                        "the store (segmentations are not redone)."),
 ) -> None:
     """Run ingest, segment, quantify, aggregate, fit and report over a cohort.
 
@@ -279,7 +354,11 @@ def run(
         _log_refusal(workdir, str(e))
         raise typer.Exit(EXIT_BAD_INPUT) from None
     try:
-        res = run_pipeline(manifest, covariates, workdir, profile=profile, config=cfg)
+        res = run_pipeline(manifest, covariates, workdir, profile=profile, config=cfg,
+                           rebuild_ledger=rebuild_ledger, prune=prune)
+    except WorkdirError as e:  # a file, read-only, in use, damaged ledger: nothing written
+        error(str(e))
+        raise typer.Exit(EXIT_BAD_INPUT) from None
     except (ManifestError, ValueError) as e:  # bad manifest, covariates, model or store
         error(str(e))
         _log_refusal(workdir, str(e))

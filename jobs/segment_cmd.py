@@ -20,6 +20,7 @@ from jobs.options import (
     model_input_option,
     model_option,
 )
+from jobs.workdir import WorkdirError, lock
 
 
 def _channels(value: str) -> tuple[str, ...]:
@@ -164,10 +165,14 @@ def segment(
     inputs = command_inputs("segment", store, config, models=models)
     try:
         with ExitStack() as stack:
+            lock(stack, Path(store).absolute(), "store")  # one writer per store
             run = run_participant_stage(
                 SEGMENT, ids, inputs, clients=Clients(profile, stack), quiet=True,
                 traceback_dir=traceback_dir,
                 max_in_flight=profile.max_in_flight if profile else None)
+    except WorkdirError as e:  # another run or command is writing this store
+        error(str(e))
+        raise typer.Exit(EXIT_BAD_INPUT) from None
     except ClusterUnavailable as e:
         error(f"cluster {cluster!r}: {e}")
         raise typer.Exit(EXIT_NO_CLUSTER) from None

@@ -176,8 +176,18 @@ Stage = ParticipantStage | CohortStage
 
 def _ingest_task(images: Any, *, store: str, config: Any) -> Any:
     from pipelines.ingest import ingest_participant
+    from pipelines.store.integrity import StoreDamaged, damage_note
 
-    return ingest_participant(images, store=store, config=config)
+    try:
+        return ingest_participant(images, store=store, config=config)
+    except Exception as e:
+        found = damage_note(store, images.participant_id)
+        if found is None:
+            raise
+        copy, what = found
+        raise StoreDamaged(
+            f"participant {images.participant_id}: its stored arrays were damaged ({what}; "
+            f"kept in {copy}) and cannot be rebuilt from its sources: {e}") from e
 
 
 def _ingest_key(inputs: StageInputs, pid: str) -> StageKey:
@@ -193,10 +203,53 @@ def _ingest_prepare(inputs: StageInputs, _: list[str]) -> None:
     ensure_store(inputs.store)
 
 
-def _store_ids(inputs: StageInputs) -> set[str]:
-    from pipelines.store import participant_ids
+def _intact(inputs: StageInputs, stage: str, arrays, among: set[str] | None = None) -> set[str]:
+    """The participants of the run (``among`` them, when given) whose arrays
+    (``arrays(pid, attrs)``; None when the stage has not written them yet) pass the store's
+    cheap integrity check; a damaged group is moved aside (kept, never listed) so its
+    participant is rebuilt from its sources, and the log says so."""
+    import logging
 
-    return set(participant_ids(inputs.store)) if Path(inputs.store).exists() else set()
+    from pipelines.store import participant_ids, quarantine_group, read_attrs, verify_group
+
+    if not Path(inputs.store).exists():
+        return set()
+    wanted = set(inputs.manifest.participant_ids) if inputs.manifest is not None else None
+    intact = set()
+    for pid in participant_ids(inputs.store):
+        if (wanted is not None and pid not in wanted) or (among is not None
+                                                           and pid not in among):
+            continue
+        try:
+            names = arrays(pid, read_attrs(inputs.store, pid))
+        except (KeyError, OSError, ValueError):  # verify_group names the unreadable metadata
+            names = None
+        else:
+            if names is None:  # not written yet: to do, nothing damaged
+                continue
+        report = verify_group(inputs.store, pid, arrays=names)
+        if report.ok:
+            intact.add(pid)
+            continue
+        where = "; ".join(p.message for p in report.problems[:3])
+        if stage == "ingest":
+            moved = quarantine_group(inputs.store, pid, [p.message for p in report.problems])
+            logging.getLogger(__name__).warning(
+                "participant %s: the store is damaged (%s): its group was moved to %s and is "
+                "rebuilt from its sources", pid, where, moved)
+        else:
+            logging.getLogger(__name__).warning(
+                "participant %s: %s output damaged (%s): redone", pid, stage, where)
+    return intact
+
+
+def _ingest_outputs(inputs: StageInputs) -> set[str]:
+    """Participants whose ingested arrays (images, and labels from the manifest) are intact."""
+    def arrays(pid: str, attrs: Any) -> list[str]:
+        has_labels = inputs.manifest is not None and inputs.images(pid).has_labels
+        return [*attrs.channels, *(["labels"] if has_labels else [])]
+
+    return _intact(inputs, "ingest", arrays)
 
 
 def _ingest_detail(result: Any) -> dict[str, Any]:
@@ -235,7 +288,7 @@ INGEST = ParticipantStage(
     name="ingest", section="ingest", config_class="pipelines.ingest:IngestConfig",
     task=_ingest_task, item=lambda inputs, pid: inputs.images(pid), key=_ingest_key,
     participant_id=lambda images: images.participant_id, prepare=_ingest_prepare,
-    outputs=_store_ids, changed=lambda result: bool(result.written),
+    outputs=_ingest_outputs, changed=lambda result: bool(result.written),
     invalidates=("segment", "quantify"), detail=_ingest_detail,
 )
 
@@ -267,6 +320,12 @@ def _segment_skip(inputs: StageInputs, pid: str) -> str | None:
     if inputs.manifest is not None and inputs.images(pid).has_labels:
         return "labels in manifest"
     return None
+
+
+def _segment_outputs(inputs: StageInputs) -> set[str]:
+    """Participants whose segmentation (the ``labels`` array) is intact."""
+    return _intact(inputs, "segment",
+                   lambda pid, attrs: ["labels"] if attrs.labels_source else None)
 
 
 def _segment_kwargs(inputs: StageInputs) -> dict[str, Any]:
@@ -307,7 +366,7 @@ SEGMENT = ParticipantStage(
     name="segment", section="segment", config_class="pipelines.segment:SegmentConfig",
     task=_segment_task, item=lambda inputs, pid: pid, key=_segment_key,
     kwargs=_segment_kwargs, wants_gpu=_always, prepare=_segment_prepare, skip=_segment_skip,
-    invalidates=("quantify",), resolve_models=resolve_segment_models,
+    outputs=_segment_outputs, invalidates=("quantify",), resolve_models=resolve_segment_models,
 )
 
 
@@ -343,10 +402,15 @@ def _parts(inputs: StageInputs) -> Path:
     return inputs.parts_dir
 
 
-def _parts_present(inputs: StageInputs) -> set[str]:
+def _quantify_outputs(inputs: StageInputs) -> set[str]:
+    """Participants with a complete quantify part and, when fat maps are written, an intact
+    ``ff`` array."""
     from pipelines.aggregate import parts_present
 
-    return parts_present(_parts(inputs))
+    parts = parts_present(_parts(inputs))
+    if not getattr(inputs.config.stage("quantify"), "write_ff", False):
+        return parts
+    return _intact(inputs, "quantify", lambda pid, attrs: ["ff"], among=parts)
 
 
 def _write_part(inputs: StageInputs, pid: str, result: Any) -> None:
@@ -366,7 +430,7 @@ QUANTIFY = ParticipantStage(
     task=_quantify_task, item=_quantify_item, key=_quantify_key,
     participant_id=lambda item: item.participant_id,
     wants_gpu=lambda config: getattr(config, "device", "cpu") == "gpu",
-    outputs=_parts_present, persist=_write_part, discard=_remove_part,
+    outputs=_quantify_outputs, persist=_write_part, discard=_remove_part,
 )
 
 
@@ -424,6 +488,13 @@ def _fit(stage: CohortStage, inputs: StageInputs, upstream: dict[str, Any]) -> A
     path.unlink(missing_ok=True)  # never leave a stale fit beside new tables
     fit = stage.function(upstream["aggregate"], inputs.config.stage("stats"))
     write_fit(fit, path)
+    if getattr(fit, "status", "ok") != "ok":  # a reduced or sparse fit is a result, not a failure
+        import logging
+
+        logger = logging.getLogger(__name__)
+        logger.warning("fit: status %s (details in %s)", fit.status, path)
+        for w in fit.warnings:
+            logger.warning("fit: %s", w)
     return fit
 
 

@@ -83,11 +83,15 @@ def _check_inputs(store: str, pid: str) -> tuple[Any, dict[str, Any]]:
         if not st.has_array(store, pid, name):
             raise ParticipantError(pid, STAGE, f"{where}: array {name!r} missing")
     if not st.has_array(store, pid, LABELS_ARRAY):
-        raise ParticipantError(
-            pid, STAGE,
-            f"{where}: no {LABELS_ARRAY!r} array: run `myocohort segment` or give labels in the "
-            "manifest",
-        )
+        if attrs.labels_source == "manifest":  # ingested from the manifest, since lost
+            hint = ("its labels came from the manifest: run `myocohort ingest` (or `run`) "
+                    "again to restore them")
+        elif attrs.labels_source:
+            hint = (f"its labels came from {attrs.labels_source}: run `myocohort segment` "
+                    "again")
+        else:
+            hint = "run `myocohort segment` or give labels in the manifest"
+        raise ParticipantError(pid, STAGE, f"{where}: no {LABELS_ARRAY!r} array: {hint}")
     arrays = {n: st.open_array(store, pid, n) for n in ("water", "fat", LABELS_ARRAY)}
     if st.has_array(store, pid, "in_phase") and st.has_array(store, pid, "opposed_phase"):
         arrays["in_phase"] = st.open_array(store, pid, "in_phase")

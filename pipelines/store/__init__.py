@@ -21,6 +21,9 @@ Guarantees
   ``SHARD_SHAPE``, both clipped to the array's shape.  One task always writes an array whole,
   so no shard is ever written by two tasks: partial-shard writes from several tasks race on
   the shard's read-modify-write and silently lose data.
+* **Checked before use.**  Every shard file's size and checksums are recorded with its array
+  (:mod:`.integrity`); reading an array checks it first (a deleted shard would otherwise read
+  as zeros), and a decoding error names the participant, the array and the damaged file.
 * **Compression.**  Blosc with the zstd compressor and bit shuffle inside each
   shard (``clevel`` 1: bit-shuffled zstd-1 compresses MR magnitudes about as well as
   zstd-5 at several times its speed, so writing keeps pace with reading .nii.gz inputs),
@@ -50,6 +53,8 @@ Modules
     the exact scaled-integer codec of images (:func:`quantise_exact` and its decoder).
 :mod:`.ome`
     the group's OME-Zarr metadata.
+:mod:`.integrity`
+    the checksum record of every shard file and the cheap and full checks that use it.
 
 Imports run one way: ``groups`` -> ``shards`` -> ``scaled`` and ``ome`` (``groups`` also uses
 those two directly); the submodules import their siblings, never the names re-exported here.
@@ -70,6 +75,7 @@ from pipelines.store.groups import (
     write_array,
     write_group,
 )
+from pipelines.store.integrity import StoreDamaged, quarantine_group, verify_group
 from pipelines.store.ome import DIMENSION_NAMES, OME_ARRAYS, OME_VERSION, ome_metadata
 from pipelines.store.scaled import ENCODING_KEY, FLOAT_SLICES, quantise_exact
 from pipelines.store.shards import chunking
@@ -81,6 +87,7 @@ __all__ = [
     "OME_ARRAYS",
     "OME_VERSION",
     "GroupWriter",
+    "StoreDamaged",
     "chunking",
     "delete_group",
     "ensure_store",
@@ -89,9 +96,11 @@ __all__ = [
     "open_array",
     "participant_ids",
     "quantise_exact",
+    "quarantine_group",
     "read_array",
     "read_attrs",
     "update_attrs",
+    "verify_group",
     "write_array",
     "write_group",
 ]

@@ -87,6 +87,9 @@ def _zarr_array(path: Path, data: np.ndarray, attributes: dict | None = None) ->
         _write_shards(path, data, chunks, shards)
     else:  # pragma: no cover - another zarr version's defaults
         arr[...] = np.ascontiguousarray(data)
+    from pipelines.store.integrity import record
+
+    record(path)  # checksums of the shard files just written (the files are in page cache)
 
 
 def _direct_shards_ok(meta: dict) -> bool:

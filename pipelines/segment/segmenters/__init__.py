@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "KINDS", "ModelNotFound", "ModelRef", "ResolvedModel", "SegmentOutput", "Segmenter",
     "backend_for", "cache_info", "clear_cache", "combine_labels", "combined_identity",
+    "labels_source_of",
     "load_segmenters", "parse_model",
     "resolve_models",
 ]
@@ -92,6 +93,14 @@ def resolve_models(refs: tuple[ModelRef, ...] | list[ModelRef], *,
     if dup:
         raise ValueError(f"model(s) {dup} given more than once")
     return tuple(out)
+
+
+def labels_source_of(resolved: ResolvedModel) -> str:
+    """The ``labels_source`` a resolved model writes, without loading it (as
+    :attr:`Segmenter.labels_source`)."""
+    if resolved.kind == "monai":
+        return f"model:{resolved.identity[:12]}"
+    return f"{resolved.ref.name}@{resolved.identity[:12]}"
 
 
 def combined_identity(resolved: tuple[ResolvedModel, ...]) -> str:
