@@ -12,7 +12,7 @@ import json
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -21,7 +21,13 @@ import numpy as np
 from pipelines import store as zstore
 from pipelines.errors import ParticipantError
 from pipelines.ingest.geometry import Grid, common_grid, integer_shift, same_grid, stitch
-from pipelines.ingest.readers import ReaderError, Volume, hash_source, read_volume
+from pipelines.ingest.readers import (
+    DEFAULT_MAX_VOXELS,
+    ReaderError,
+    Volume,
+    hash_source,
+    read_volume,
+)
 from schemas.layout import IMAGE_ARRAYS, LABELS_ARRAY, GroupAttrs
 from schemas.manifest import IMAGE_CHANNELS
 
@@ -64,18 +70,32 @@ class IngestConfig:
         about 0.47x instead of 0.82x raw float32 for such DICOM.  Off by default because
         plain-Zarr readers (napari, neuroglancer, xarray) would then see unscaled integers and
         empty overlap slabs instead of the images: the layout contract is float32.
+    max_voxels : ceiling on the voxels (count, all frames) one image may claim: a NIfTI file,
+        or a DICOM series or multi-frame file.  A header claiming more is refused, naming the
+        file, the claim and what the file holds, before anything of that size is allocated
+        (as is a header claiming more bytes than its file holds).  The default, 500 million
+        voxels (2 GB as float32), is generous for whole-body MRI: a UK Biobank Dixon station
+        is about 2.4 million voxels, a stitched whole body about 14 million, one whole body
+        at 1 mm isotropic (500 x 350 x 2000 mm) 350 million; while a 1,376-byte file whose
+        header claimed 2.25 billion voxels once held a worker at 4.6 GB for 31 s.  Not in
+        the ledger key: it changes no stored array, only which images are refused, and a
+        refused participant is retried on the next run anyway.
     """
 
     negative_tolerance: float = 0.0
     grid_tolerance_mm: float = 1e-3
     force: bool = False
     integer_storage: bool = False
+    max_voxels: int = field(default=DEFAULT_MAX_VOXELS, metadata={"ledger": False})
 
     def __post_init__(self) -> None:
         if not self.negative_tolerance >= 0:
             raise ValueError(f"negative_tolerance {self.negative_tolerance} must be >= 0")
         if not self.grid_tolerance_mm > 0:
             raise ValueError(f"grid_tolerance_mm {self.grid_tolerance_mm} must be > 0")
+        if isinstance(self.max_voxels, bool) or not isinstance(self.max_voxels, int) \
+                or self.max_voxels < 1:
+            raise ValueError(f"max_voxels {self.max_voxels!r} must be an integer >= 1 (voxels)")
 
     def hashed(self) -> dict:
         """Settings that change the stored arrays (part of the input hash)."""
@@ -167,7 +187,8 @@ def _read(ref: ImageRef, config: IngestConfig, sha256: bool = False) -> Volume:
     channel and file."""
     labels = ref.channel == LABELS_ARRAY
     # unscaled 8/16-bit NIfTI images stay integers until stitching converts them while copying
-    vol = read_volume(ref.path, labels=labels, integers=True, sha256=sha256)
+    vol = read_volume(ref.path, labels=labels, integers=True, sha256=sha256,
+                      max_voxels=config.max_voxels)
     if labels:
         return vol
     data = _memory_order(vol.data)  # a reoriented view reduces far faster in memory order

@@ -45,7 +45,7 @@ def _test_files() -> list[Path]:
 def _general_path(monkeypatch):
     """Make every DICOM file and NIfTI file take the general (pre-fast-path) route."""
     monkeypatch.setattr(dicom, "_fast_header", lambda buf: None)
-    monkeypatch.setattr(nifti, "_nifti_from_bytes", lambda p, raw: None)
+    monkeypatch.setattr(nifti, "_nifti_from_bytes", lambda *args: None)
 
 
 def test_fast_header_equals_pydicom_on_every_test_file():

@@ -16,6 +16,7 @@ from ingest_fixtures import (
     affine_ras,
     smooth_volume,
     write_dicom_series,
+    write_lying_nifti,
     write_manifest,
     write_nifti,
 )
@@ -247,6 +248,11 @@ def _bad_participants(root: Path, truth) -> dict[str, tuple[str, str]]:
         expect=("w.nii.gz: truncated or corrupt image data", "ReaderError"))
     blob = (root / "TRUNC2" / "w.nii.gz").read_bytes()
     (root / "TRUNC2" / "w.nii.gz").write_bytes(blob[: len(blob) // 2])
+    # a 1,376-byte file whose header claims 96 MB (under the ceiling): refused before reading
+    one("LIAR", vol, expect=("w.nii.gz: truncated or lying header: it claims 400x400x300 int16 "
+                             "voxels (48,000,000 voxels, 96,000,000 bytes = 91.6 MiB from byte "
+                             "352), but the file holds 1,376 bytes inflated", "ReaderError"))
+    write_lying_nifti(root / "LIAR" / "w.nii.gz", (400, 400, 300))
     # an unreadable DICOM series
     d = root / "BADDCM" / "water"
     write_dicom_series(d, np.ones((4, 4, 4), np.float32), AFF)

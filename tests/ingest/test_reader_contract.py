@@ -15,6 +15,10 @@ uses):
 * a missing path, a truncated file and a corrupt file raise :class:`ReaderError` naming the
   path or file (never nibabel's, pydicom's or zlib's own exception types), without any
   identifying value in the message;
+* guarded inputs: a header claiming far more image data than its file holds is refused
+  before anything of the claimed size is allocated, naming the file, the claim and what the
+  file holds; an image above ``max_voxels`` is refused (naming the path, the claim and the
+  ceiling), one at the ceiling is read;
 * the volume and the errors survive a pickle round trip (they cross Dask worker boundaries);
 * no identifying DICOM value (PatientName, PatientID, ...) reaches the volume, its repr, its
   pickle, the log or a warning.
@@ -34,16 +38,19 @@ import logging
 import pickle
 import re
 import shutil
+import tracemalloc
 import warnings
 from pathlib import Path
 from typing import ClassVar
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 from ingest_fixtures import (
     IDENTITY,
     affine_ras,
+    set_nifti_shape,
     smooth_volume,
     store_along,
     write_dicom_series,
@@ -100,6 +107,9 @@ class ReaderContract:
       the reader's format *as laid out* (no reorientation), putting the identifying values
       of ``ingest_fixtures.IDENTITY`` wherever the format can hold them, and return the
       path :func:`read_volume` is given (a file or a series folder);
+    * ``lie(target)``: rewrite the header of ``target`` (the file :meth:`damage_target`
+      picks) to claim about 40-100 MB of image data (under the default ceiling) that the file
+      does not hold, and return the claim as the reader's message words it;
     * optionally ``route(monkeypatch)``, to force one route through the reader.
     """
 
@@ -110,6 +120,9 @@ class ReaderContract:
     complete_after_cut: ClassVar[dict[str, str]] = {}
 
     def write(self, folder: Path, data: np.ndarray, affine: np.ndarray) -> Path:
+        raise NotImplementedError
+
+    def lie(self, target: Path) -> str:
         raise NotImplementedError
 
     def route(self, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -230,6 +243,40 @@ class ReaderContract:
             read_volume(path)
         assert _identity_free(str(e.value))
 
+    # guarded inputs ---------------------------------------------------------------------------
+
+    def test_lying_header_is_refused_before_allocating_its_claim(self, tmp_path):
+        path, _, _ = self.written(tmp_path)
+        target = self.damage_target(path)
+        claimed = self.lie(target)
+        tracemalloc.start()
+        try:
+            with pytest.raises(ReaderError) as e:
+                read_volume(path, sha256=True)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        message = str(e.value)
+        assert message.startswith(f"{target}: "), message
+        assert f"claims {claimed}" in message and " hold" in message, message
+        assert peak < 16 << 20, f"{peak / 2**20:.0f} MiB allocated for a claim the file lacks"
+        assert _identity_free(message)
+
+    def test_ceiling_refuses_an_image_above_it(self, tmp_path):
+        path, data, affine = self.written(tmp_path)
+        n = data.size
+        with pytest.raises(ReaderError) as e:
+            read_volume(path, sha256=True, max_voxels=n - 1)
+        message = str(e.value)
+        assert re.match(rf"{re.escape(str(path))}: its (header claims|files' headers claim) ",
+                        message), message
+        assert f"({n:,} voxels, " in message, message
+        assert f"more than the ceiling of {n - 1:,} voxels per image (max_voxels)" in message
+        assert " hold" in message and _identity_free(message)
+        v = read_volume(path, max_voxels=n)
+        np.testing.assert_array_equal(v.data, data)
+        np.testing.assert_allclose(v.affine, affine, atol=ATOL_MM)
+
     # pickling ---------------------------------------------------------------------------------
 
     def test_volume_pickles(self, tmp_path):
@@ -294,6 +341,10 @@ class TestNiftiReader(ReaderContract):
         descrip = " ".join(IDENTITY.values())
         return write_nifti(folder / f"image{self.suffix}", data, affine, descrip=descrip)
 
+    def lie(self, target):
+        set_nifti_shape(target, (2500, 2000, 5))  # 100 MB of float32
+        return "2500x2000x5 float32 voxels (25,000,000 voxels, 100,000,000 bytes"
+
 
 class TestNiftiGzReader(TestNiftiReader):
     """NIfTI-1, gzip-compressed ``.nii.gz`` (the one-call inflate)."""
@@ -314,6 +365,12 @@ class _ClassicDicom(ReaderContract):
         # the writer puts every value of IDENTITY in every file
         write_dicom_series(folder, data, affine, transfer_syntax=self.transfer_syntax)
         return folder
+
+    def lie(self, target):
+        ds = pydicom.dcmread(target)
+        ds.Rows = ds.Columns = 5000  # 50 MB of 16-bit pixels
+        ds.save_as(target)
+        return "5000x5000 pixels (Rows x Columns) of 16 bits (25,000,000 voxels, 50,000,000 bytes"
 
     def test_route(self, tmp_path):
         path, _, _ = self.written(tmp_path)
@@ -356,3 +413,10 @@ class TestDicomEnhancedReader(ReaderContract):
 
     def write(self, folder, data, affine):
         return write_enhanced_dicom(folder / "enhanced.dcm", data, affine, identity=IDENTITY)
+
+    def lie(self, target):
+        ds = pydicom.dcmread(target)
+        ds.NumberOfFrames = 500_000  # 42 MB of 16-bit pixels in 6x7-pixel frames
+        ds.save_as(target)
+        return ("500,000 frames (NumberOfFrames) of 6x7 pixels (Rows x Columns) of 16 bits "
+                "(21,000,000 voxels, 42,000,000 bytes")

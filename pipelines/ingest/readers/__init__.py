@@ -18,6 +18,8 @@ promises):
 * :mod:`.dicom`: DICOM series through pydicom, classic and enhanced multi-frame
   (:func:`read_dicom`);
 * :mod:`.dicom_fast`: the fast parser of classic native little-endian DICOM files;
+* :mod:`.guard`: what a header claims, checked against what its file holds and against a
+  ceiling (``max_voxels``) before anything of the claimed size is allocated;
 * :mod:`.dispatch`: :func:`read_volume`, which picks the reader for a path.
 """
 
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 from pipelines.ingest.readers.dicom import read_dicom
 from pipelines.ingest.readers.dispatch import read_volume
+from pipelines.ingest.readers.guard import DEFAULT_MAX_VOXELS
 from pipelines.ingest.readers.nifti import read_nifti
 from pipelines.ingest.readers.volume import (
     ReaderError,
@@ -35,6 +38,6 @@ from pipelines.ingest.readers.volume import (
 )
 
 __all__ = [
-    "ReaderError", "Volume", "hash_source", "read_dicom", "read_nifti", "read_volume",
-    "reorient_to_ras", "source_files",
+    "DEFAULT_MAX_VOXELS", "ReaderError", "Volume", "hash_source", "read_dicom", "read_nifti",
+    "read_volume", "reorient_to_ras", "source_files",
 ]

@@ -17,6 +17,11 @@ import numpy as np
 
 from pipelines._io import sha256_files
 from pipelines.ingest.readers.dicom_fast import _fast_header, _FastHeader
+from pipelines.ingest.readers.guard import (
+    DEFAULT_MAX_VOXELS,
+    check_dicom_pixels,
+    check_dicom_series,
+)
 from pipelines.ingest.readers.volume import (
     ReaderError,
     Volume,
@@ -181,7 +186,9 @@ def _fg(ds, index: int, name: str):
 
 
 def _enhanced_slices(ds, f: Path, labels: bool) -> list[_Slice]:
-    n = int(ds.NumberOfFrames)
+    n = int(ds.get("NumberOfFrames", 0) or 0)
+    if n < 1:  # (its pixel data would be read as one frame, whatever the groups say)
+        raise ReaderError(f"{f}: multi-frame file without a NumberOfFrames of 1 or more")
     pix: dict[str, np.ndarray] = {}
 
     def frames() -> np.ndarray:
@@ -286,7 +293,8 @@ def _withhold_pydicom_messages(path: Path):
         log.debug("%s: %d pydicom warning(s) withheld (they may quote header values)", path, n)
 
 
-def read_dicom(path: str | Path, *, labels: bool = False, sha256: bool = False) -> Volume:
+def read_dicom(path: str | Path, *, labels: bool = False, sha256: bool = False,
+               max_voxels: int = DEFAULT_MAX_VOXELS) -> Volume:
     """Read one DICOM series (a folder of classic single-frame files, or one enhanced
     multi-frame file, alone or in a folder) as a 3-D volume.
 
@@ -294,29 +302,32 @@ def read_dicom(path: str | Path, *, labels: bool = False, sha256: bool = False) 
     ImagePositionPatient, never by file name or InstanceNumber.  Compressed transfer syntaxes
     are decoded by pydicom's pixel handlers (pylibjpeg: RLE, JPEG 2000, JPEG-LS, JPEG).
     Values are real-world values when a Real World Value Mapping (slope/intercept) is given,
-    else modality values (RescaleSlope/RescaleIntercept), else stored values.
+    else modality values (RescaleSlope/RescaleIntercept), else stored values.  Before any
+    pixel is decoded, what each header claims is checked against what its file holds and the
+    series against ``max_voxels`` (:mod:`.guard`).
 
     Raises
     ------
     ReaderError
         on several series in one folder, several images at one position (4-D, multi-echo),
         missing slices, uneven spacing, mixed orientations or matrix sizes, unreadable or
-        truncated files.
+        truncated files, a header claiming more pixel data than its file holds, a series of
+        more than ``max_voxels`` voxels.
     """
     p = Path(path)
     with _withhold_pydicom_messages(p):
         if sha256:
-            return _read_dicom(p, labels, sha256=True)
-        return _read_dicom(p, labels)
+            return _read_dicom(p, labels, max_voxels, sha256=True)
+        return _read_dicom(p, labels, max_voxels)
 
 
-def _read_dicom(p: Path, labels: bool, *, sha256: bool = False) -> Volume:
+def _read_dicom(p: Path, labels: bool, max_voxels: int, *, sha256: bool = False) -> Volume:
     from concurrent.futures import ThreadPoolExecutor
 
     files = source_files(p)
     if not files:
         raise ReaderError(f"{p}: DICOM folder contains no files")
-    headers = []
+    headers, pixels = [], []
     digest, unread = hashlib.sha256(), False
     # the SHA-256 of the files (in name order) is updated in a helper thread from the bytes
     # parsed here (hashlib releases the GIL), so hashing overlaps parsing
@@ -335,6 +346,10 @@ def _read_dicom(p: Path, labels: bool, *, sha256: bool = False) -> Volume:
                                          "DoubleFloatPixelData")):
                 raise ReaderError(
                     f"{f}: DICOM file has no pixel data (truncated, or not an image)")
+            # a lying header fails here, before the next file is read or a pixel decoded
+            claim = check_dicom_pixels(ds, f, max_voxels=max_voxels)
+            if claim is not None:
+                pixels.append(claim)
             headers.append((f, ds))
     series: dict[str, list] = {}
     for f, ds in headers:
@@ -352,6 +367,7 @@ def _read_dicom(p: Path, labels: bool, *, sha256: bool = False) -> Volume:
             f"{p}: {len(headers)} files of which {len(multi)} are multi-frame: several "
             "multi-frame images in one series (4-D?); give one volume per folder"
         )
+    check_dicom_series(p, pixels, max_voxels=max_voxels)
     if multi:
         f, ds = multi[0]
         slices = _enhanced_slices(ds, f, labels)

@@ -73,6 +73,10 @@ class _FastHeader:
         tag = _FAST_TEXT_TAGS.get(keyword)
         return tag is not None and tag in self._text
 
+    @property
+    def BitsAllocated(self) -> int:  # noqa: N802 - pydicom's keyword
+        return 8 * self._dtype.itemsize
+
     def text(self, keyword: str) -> str | None:
         """Like :func:`.dicom._raw_text` on the pydicom dataset."""
         value = self._text.get(_FAST_TEXT_TAGS[keyword])
