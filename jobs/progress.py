@@ -178,8 +178,10 @@ class StageProgress:
         }
 
 
-def format_summary(stages: list[dict[str, Any]], total_s: float, n_failures: int) -> str:
-    """The end-of-run table: per stage counts, wall time and throughput."""
+def format_summary(stages: list[dict[str, Any]], total_s: float, n_failures: int,
+                   warnings: list[str] = ()) -> str:
+    """The end-of-run table: per stage counts, wall time and throughput, then the warnings a
+    finished run should be read with (a reduced fit)."""
     head = f"{'stage':<10}{'done':>6}{'failed':>8}{'up-to-date':>12}{'wall':>10}{'rate/s':>9}{'task s':>9}"
     lines = ["", "run summary", head, "-" * len(head)]
     for s in stages:
@@ -189,4 +191,5 @@ def format_summary(stages: list[dict[str, Any]], total_s: float, n_failures: int
     lines.append(f"total {_fmt_seconds(total_s)}; "
                  + (f"{n_failures} failure(s), see failures.parquet" if n_failures
                     else "no failures"))
+    lines += [f"warning: {w}" for w in warnings]
     return "\n".join(lines)

@@ -68,6 +68,8 @@ class RunResult:
     dashboard_link: str | None = None
     n_participants: int = 0
     n_in_tables: int = 0
+    #: what the run finished with but should be read (a reduced or sparse fit)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
@@ -268,6 +270,11 @@ def _run_stages(stages: tuple[Stage, ...], inputs: StageInputs, clients: Clients
         elif stage.name == "aggregate":
             result.n_in_tables = len(run.value)
             echo(f"tables: {len(run.value)} participant(s) in {inputs.tables_dir}")
+        elif stage.name == "fit" and getattr(run.value, "status", "ok") != "ok":
+            fit = run.value
+            result.warnings += [f"fit: status {fit.status}", *(f"fit: {w}" for w in
+                                                              fit.warnings)]
+            events.event("fit_warnings", status=fit.status, warnings=list(fit.warnings))
         elif stage.name == "report":
             echo(f"report: {run.value}")
 
@@ -366,7 +373,8 @@ def run(
     except ClusterUnavailable as e:
         error(str(e))
         raise typer.Exit(EXIT_NO_CLUSTER) from None
-    print(format_summary(res.stages, res.seconds, len(res.failures)), file=sys.stderr)
+    print(format_summary(res.stages, res.seconds, len(res.failures), res.warnings),
+          file=sys.stderr)
     print(f"workdir: {res.workdir}  ({res.n_in_tables} of {res.n_participants} participant(s) "
           "in the tables)")
     raise typer.Exit(res.exit_code)

@@ -39,15 +39,27 @@ def fit(
         help="Adaptive Gauss-Hermite nodes per group (1 = Laplace), as glmer(nAGQ=)."),
     reference: list[str] = typer.Option(
         None, "--reference", help="Reference level of a text covariate as COLUMN=LEVEL; repeat."),
+    interaction: list[str] = typer.Option(
+        None, "--interaction", metavar="A:B",
+        help="Add the product of two standardised exposures (its OR: how the OR per 2 SD of "
+        "A changes per 2 SD of B); repeat for several."),
+    on_separation: str = typer.Option(
+        "drop", "--on-separation", metavar="drop|fail",
+        help="A term that separates the outcome: drop it, report it as not estimable and "
+        "refit (drop), or stop with exit code 2 (fail)."),
     out: Path = typer.Option(Path("fit.json"), "--out", help="Where to write fit.json."),
 ) -> None:
     """Fit a logistic regression with a random intercept per group by maximum likelihood
     (adaptive Gauss-Hermite quadrature, observed-information standard errors) and write
-    fit.json: n, events, groups, method, nagq, loglik, converged, group_sd and one term per
-    design column with beta, se, OR, 95% CI and p.
+    fit.json: n, events, groups, method, nagq, loglik, converged, group_sd, status, the terms
+    requested, fitted and dropped (with reasons), and one term per fitted design column with
+    beta, se, OR, 95% CI and p.
 
-    Rows with a missing value in any model column are dropped and counted. Exit code 2 on bad
-    input (missing column, constant exposure, perfect separation), with the reason.
+    Rows with a missing value in any model column are dropped and counted. Constant or
+    aliased columns, and terms that separate the outcome, are dropped with a warning (exit
+    code 0). Exit code 1 when an exposure cannot be estimated or the fit does not converge
+    (fit.json is written); 2 on bad input (missing column, non-0/1 outcome, separation with
+    --on-separation fail), with the reason.
     """
     from jobs.stages import FIT, write_fit
     from pipelines.stats import DEFAULT_ADJUST, ModelSpec, read_cohort_table
@@ -65,6 +77,7 @@ def fit(
             exposures=tuple(exposure) if exposure else ("intermat_pct", "lmm_index"),
             adjust=() if no_adjust else (tuple(adjust) if adjust else DEFAULT_ADJUST),
             group=group, nagq=nagq, references=tuple(refs.items()),
+            interactions=tuple(interaction or ()), on_separation=on_separation,
         )
         df = read_cohort_table(table)
         res = FIT.function(df, spec)
@@ -78,9 +91,16 @@ def fit(
     print(f"{'term':<24} {'OR':>8} {'95% CI':>19} {'p':>10}")
     for t in res.terms[1:]:
         print(f"{t.term:<24} {t.or_:8.3f} [{t.ci_low:7.3f}, {t.ci_high:7.3f}] {t.p:10.3g}")
+    for t in res.dropped_terms:
+        print(f"{t.term:<24} {'dropped':>8}  {t.kind}: {t.reason}")
+    print(f"status: {res.status}; {res.events_per_term:.1f} events per fitted term")
+    for w in res.warnings:
+        print(f"warning: {w}")
     print(f"wrote {out}")
     if not res.converged:
         print("warning: the fit did not converge: " + "; ".join(res.messages))
+        raise typer.Exit(EXIT_FAILURES)
+    if res.status == "exposures_not_estimable":
         raise typer.Exit(EXIT_FAILURES)
 
 
@@ -97,10 +117,10 @@ def report(
         None, "--out", metavar="FILE.html", help="Report HTML path (default "
         "WORKDIR/results/report.html); the CSV/JSON of every number shown go next to it."),
 ) -> None:
-    """Write a self-contained HTML report (figures embedded) with Table 1, the main and
-    stratified models, the pain-intensity model, the figures (forest plot, OR heatmap,
-    nomogram, box plots, metrics by site) and, when the table has diagnosis and disease
-    duration, the myopathy analysis; plus CSV/JSON of every number shown.
+    """Write a self-contained HTML report (figures embedded) with Table 1, the main,
+    stratified, pain-intensity and interaction models, the figures (forest plot, OR heatmap,
+    nomogram, calibration, box plots, metrics by site) and, when the table has diagnosis and
+    disease duration, the myopathy analysis; plus CSV/JSON of every number shown.
 
     The main model is the config's stats section (the defaults without --config); when
     WORKDIR/results/fit.json holds a fit of exactly that model, it is reused, not refitted.

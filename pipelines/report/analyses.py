@@ -9,17 +9,25 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 
 from pipelines.stats import FitResult, ModelSpec, fit_model
-from pipelines.stats.model import derive_activity
+from pipelines.stats.model import Z95, derive_activity, design_for_fit, fitted_rows
+from pipelines.stats.predict import marginal_probability
 
 log = logging.getLogger(__name__)
 
 ACTIVITY_ORDER = ("low", "moderate", "high")
+#: Cochran's rule: the chi-square approximation needs every expected count >= 1 and at most
+#: 20 % of them below 5
+COCHRAN_MIN_EXPECTED, COCHRAN_SMALL, COCHRAN_SMALL_FRACTION = 1.0, 5.0, 0.2
+#: tables enumerated at most by the exact test; beyond, a seeded Monte-Carlo test is used
+EXACT_MAX_TABLES = 2_000_000
+MONTE_CARLO_RESAMPLES = 99_999
 
 
 def _median_iqr(x) -> str:
@@ -34,13 +42,19 @@ def table1(cohort: pd.DataFrame, by: str | None = "cbp") -> pd.DataFrame:
     """Table 1: n, % female, median age (IQR) and the main metrics, overall and by ``by``.
 
     Returns a DataFrame with one row per characteristic and one column per group
-    (``overall``, ``<by>=0``, ``<by>=1``), values as formatted strings; plus numeric columns
-    are available through :func:`table1_numbers`.
+    (``overall``, then ``<by>=0``, ``<by>=1`` for a 0/1 column, or ``<by>=<level>`` per level
+    in sorted order for a text column such as ``diagnosis``), values as formatted strings.
     """
     groups = {"overall": cohort}
     if by is not None and by in cohort.columns:
-        for v in (0, 1):
-            groups[f"{by}={v}"] = cohort[cohort[by] == v]
+        known = cohort[by].dropna()
+        if pd.api.types.is_numeric_dtype(known) and set(known.unique()) <= {0, 1}:
+            for v in (0, 1):
+                groups[f"{by}={v}"] = cohort[cohort[by] == v]
+        else:
+            text = cohort[by].astype("string")
+            for lev in sorted(known.astype(str).unique()):
+                groups[f"{by}={lev}"] = cohort[text == lev]
     rows: dict[str, dict] = {}
     for name, g in groups.items():
         col = {"n": str(len(g))}
@@ -51,7 +65,10 @@ def table1(cohort: pd.DataFrame, by: str | None = "cbp") -> pd.DataFrame:
                          ("bmi", "BMI, kg/m2, median (IQR)"),
                          ("intermat_pct", "InterMAT, %, median (IQR)"),
                          ("lmm_index", "LMM index, median (IQR)"),
-                         ("lesion_load_pct", "lesion load, %, median (IQR)")):
+                         ("lesion_load_pct", "lesion load, %, median (IQR)"),
+                         ("lesion_load_quotient", "lesion load quotient, %/year, median (IQR)"),
+                         ("disease_duration_years",
+                          "disease duration, years, median (IQR)")):
             if c in g.columns:
                 col[label] = _median_iqr(g[c])
         rows[name] = col
@@ -64,10 +81,8 @@ def prevalence_by_activity(cohort: pd.DataFrame, outcome: str = "cbp") -> tuple[
     Returns
     -------
     table : DataFrame with activity, n, cases, prevalence_pct
-    test : dict with chi2, dof, p
+    test : dict, see :func:`contingency_test`
     """
-    from scipy.stats import chi2_contingency
-
     act = cohort["activity"] if "activity" in cohort.columns else derive_activity(
         cohort["met_min_week"])
     df = pd.DataFrame({"activity": act, "y": cohort[outcome]}).dropna()
@@ -82,9 +97,94 @@ def prevalence_by_activity(cohort: pd.DataFrame, outcome: str = "cbp") -> tuple[
         test = {"chi2": math.nan, "dof": 0, "p": math.nan,
                 "note": "fewer than two activity groups or no contrast in the outcome"}
     else:
-        chi2, p, dof, _ = chi2_contingency(table, correction=False)
-        test = {"chi2": float(chi2), "dof": int(dof), "p": float(p)}
+        test = contingency_test(table)
     return t, test
+
+
+def contingency_test(table: np.ndarray, *, seed: int = 0) -> dict:
+    """Pearson's chi-square test of independence of an r x 2 table of counts, with an exact
+    alternative when the expected counts are too small for the chi-square approximation.
+
+    Parameters
+    ----------
+    table : array_like, shape (r, 2)
+        Counts (e.g. cases and non-cases per group); every row and column total > 0.
+    seed : int
+        Seed of the Monte-Carlo test, used only when the exact one would enumerate more than
+        :data:`EXACT_MAX_TABLES` tables.
+
+    Returns
+    -------
+    dict
+        ``chi2``, ``dof``, ``p``; ``min_expected`` and ``cells_expected_below_5``;
+        ``small_expected`` (Cochran's rule broken: an expected count < 1 or more than 20 %
+        below 5); then ``warning``, ``p_exact`` and ``exact_method`` (the Fisher-Freeman-
+        Halton test, enumerated or Monte-Carlo) when it is broken.
+    """
+    from scipy.stats import chi2_contingency
+
+    table = np.asarray(table, dtype=np.int64)
+    chi2, p, dof, expected = chi2_contingency(table, correction=False)
+    n_small = int((expected < COCHRAN_SMALL).sum())
+    small = bool(expected.min() < COCHRAN_MIN_EXPECTED
+                 or n_small > COCHRAN_SMALL_FRACTION * expected.size)
+    out = {"chi2": float(chi2), "dof": int(dof), "p": float(p),
+           "min_expected": float(expected.min()), "cells_expected_below_5": n_small,
+           "small_expected": small}
+    if small:
+        p_exact, method = exact_test(table, seed=seed)
+        out.update(warning=(
+            f"expected counts too small for the chi-square approximation (minimum "
+            f"{expected.min():.2f}; {n_small} of {expected.size} cells below 5): use the "
+            f"exact p = {p_exact:.3g} ({method})"), p_exact=p_exact, exact_method=method)
+    return out
+
+
+def exact_test(table: np.ndarray, *, seed: int = 0) -> tuple[float, str]:
+    """Fisher-Freeman-Halton exact test of independence of an r x 2 table: the probability,
+    given both margins, of a table no more probable than the one observed.
+
+    The tables with the observed margins are enumerated when there are at most
+    :data:`EXACT_MAX_TABLES` of them; otherwise the p-value is a seeded Monte-Carlo estimate
+    (:data:`MONTE_CARLO_RESAMPLES` tables drawn with those margins).
+
+    Returns
+    -------
+    (p, method) : float, str
+    """
+    from scipy.special import gammaln
+
+    table = np.asarray(table, dtype=np.int64)
+    if table.ndim != 2 or table.shape[1] != 2:
+        raise ValueError(f"exact test needs an r x 2 table, got shape {table.shape}")
+    rows = table.sum(axis=1)
+    k = int(table[:, 0].sum())
+    if np.prod(rows.astype(float) + 1) > EXACT_MAX_TABLES:
+        from scipy.stats import MonteCarloMethod, fisher_exact
+
+        rng = np.random.default_rng(seed)
+        res = fisher_exact(table, method=MonteCarloMethod(n_resamples=MONTE_CARLO_RESAMPLES,
+                                                          rng=rng))
+        return float(res.pvalue), f"Monte-Carlo, {MONTE_CARLO_RESAMPLES} tables, seed {seed}"
+
+    def log_choose(n, a):
+        return gammaln(n + 1) - gammaln(a + 1) - gammaln(n - a + 1)
+
+    # first-column counts of every table with these margins, built row by row
+    sums, logp = np.zeros(1, np.int64), np.zeros(1)
+    left = int(rows.sum())
+    for n_i in rows:
+        left -= int(n_i)
+        a = np.arange(n_i + 1)
+        sums = (sums[:, None] + a[None, :]).ravel()
+        logp = (logp[:, None] + log_choose(n_i, a)[None, :]).ravel()
+        ok = (sums <= k) & (sums + left >= k)
+        sums, logp = sums[ok], logp[ok]
+    logp -= log_choose(rows.sum(), k)
+    observed = float(np.sum(log_choose(rows, table[:, 0])) - log_choose(rows.sum(), k))
+    # as scipy.stats.fisher_exact: tables within a relative 1e-7 of the observed count as tied
+    p = float(np.exp(logp[logp <= observed + np.log1p(1e-7)]).sum())
+    return min(1.0, p), f"exact, {len(logp)} tables enumerated"
 
 
 def mann_whitney(cohort: pd.DataFrame, value: str, by: str) -> dict:
@@ -102,10 +202,15 @@ def mann_whitney(cohort: pd.DataFrame, value: str, by: str) -> dict:
     return {**out, "U": float(r.statistic), "p": float(r.pvalue)}
 
 
-def stratified_models(cohort: pd.DataFrame, spec: ModelSpec, strata: tuple[str, ...]
+def stratified_models(cohort: pd.DataFrame, spec: ModelSpec, strata: tuple[str, ...],
+                      scaling: Mapping[str, Mapping] | None = None
                       ) -> tuple[dict[str, FitResult | str], pd.DataFrame]:
     """The model fitted inside each level (0/1) of each stratifier (which leaves the
     adjusters), plus Mann-Whitney tests of the exposures between outcome groups inside them.
+
+    ``scaling`` (exposure -> mean and SD, e.g. :func:`pipelines.stats.model.cohort_scaling`)
+    standardises the exposures in every stratum as in the whole cohort, so a stratum's OR is
+    per 2 cohort-SDs like the main model's; without it each stratum uses its own SD.
 
     Returns ``(fits, mann_whitney_table)``; a stratum whose fit fails holds the error text.
     """
@@ -119,7 +224,7 @@ def stratified_models(cohort: pd.DataFrame, spec: ModelSpec, strata: tuple[str, 
             name = f"{s}={level}"
             sspec = replace(spec, adjust=tuple(a for a in spec.adjust if a != s))
             try:
-                fits[name] = fit_model(sub, sspec)
+                fits[name] = fit_model(sub, sspec, scaling=scaling)
             except ValueError as e:
                 fits[name] = f"not estimable: {e}"
             for v in spec.exposures:
@@ -133,55 +238,118 @@ def models_table(fits: dict[str, FitResult | str]) -> pd.DataFrame:
     rows = []
     for model, f in fits.items():
         if isinstance(f, str):
-            rows.append({"model": model, "term": "", "note": f})
+            rows.append({"model": model, "term": "", "status": "failed", "note": f})
             continue
         for t in f.terms:
             rows.append({"model": model, **t.to_dict(), "n": f.n, "events": f.events,
                          "group_sd": f.group_sd, "converged": f.converged,
-                         "singular": f.singular, "note": ""})
+                         "singular": f.singular, "status": f.status, "note": ""})
+        for t in f.dropped_terms:
+            rows.append({"model": model, "term": t.term, "n": f.n, "events": f.events,
+                         "status": f.status, "note": f"dropped ({t.kind}): {t.reason}"})
     return pd.DataFrame(rows)
 
 
-def or_grid(fit: FitResult, x: str, y: str, edges=(-1.5, -1.0, -0.5, 0.0, 0.5, 1.0, 1.5),
-            cohort: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Predicted OR relative to the reference (both Z = 0) over bins of two exposures'
-    2-SD Z-scores: at each bin centre, ``exp(b_x z_x + b_y z_y)``; with ``cohort``, the number
-    of participants per bin too.  Bins are ``edges`` (2-SD units) plus open ends.
+def _z_bins(z: np.ndarray, step: float) -> np.ndarray:
+    """Bin edges every ``step`` (2-SD units), on multiples of ``step``, covering exactly the
+    observed range of ``z``."""
+    lo = math.floor(float(z.min()) / step) * step
+    hi = math.ceil(float(z.max()) / step) * step
+    if hi <= lo:
+        hi = lo + step
+    return np.round(np.arange(lo, hi + step / 2, step), 10)
+
+
+def or_grid(fit: FitResult, x: str, y: str, cohort: pd.DataFrame, step: float = 0.5
+            ) -> pd.DataFrame:
+    """Predicted OR and probabilities over bins of two exposures' 2-SD Z-scores, within the
+    range the analysed participants cover.
+
+    At each bin centre ``(zx, zy)`` the OR relative to both exposures at the cohort mean is
+    ``exp(b_x zx + b_y zy + b_xy zx zy)`` (``b_xy``: the fit's ``x:y`` interaction, 0 when
+    it has none), with a 95% CI from the fit's covariance.  It is conditional on the site, as
+    every OR of a random-intercept model.  ``p_conditional`` (site intercept 0) and
+    ``p_marginal`` (averaged over sites) are the mean predicted probabilities of the
+    analysed participants with their exposures set to the bin centre (their other covariates
+    as they are).  ``n`` counts the participants in the bin (the rows the fit used);
+    ``empty_cell`` marks bins without any, whose numbers are extrapolations of the model.
+
+    Raises
+    ------
+    KeyError
+        ``x`` or ``y`` is not a fitted term of ``fit``.
     """
-    bx, by = fit.term(x).beta, fit.term(y).beta
-    e = np.asarray(edges, float)
-    step = e[1] - e[0]
-    centres = np.r_[e[0] - step / 2, (e[:-1] + e[1:]) / 2, e[-1] + step / 2]
-    labels = [f"<{e[0]:g}"] + [f"{a:g} to {b:g}" for a, b in zip(e[:-1], e[1:], strict=True)] + [
-        f">{e[-1]:g}"]
+    names = [t.term for t in fit.terms]
+    inter = next((n for n in (f"{x}:{y}", f"{y}:{x}") if n in names), None)
+    for e in (x, y):
+        fit.term(e)  # a KeyError that says why (e.g. dropped) when it is not fitted
+    jx, jy = names.index(x), names.index(y)
+    X, _ = design_for_fit(fitted_rows(cohort, fit), fit)
+    beta = np.array([t.beta for t in fit.terms])
+    cov = np.asarray(fit.cov, dtype=float)
+    zx, zy = X[:, jx], X[:, jy]
+    bxy = beta[names.index(inter)] if inter else 0.0
+    base = X @ beta - (beta[jx] * zx + beta[jy] * zy + bxy * zx * zy)
+    ex, ey = _z_bins(zx, step), _z_bins(zy, step)
+    ix = np.clip(np.searchsorted(ex, zx, side="right") - 1, 0, len(ex) - 2)
+    iy = np.clip(np.searchsorted(ey, zy, side="right") - 1, 0, len(ey) - 2)
+    counts = np.zeros((len(ey) - 1, len(ex) - 1), int)
+    np.add.at(counts, (iy, ix), 1)
     rows = []
-    counts = None
-    if cohort is not None:
-        sx, sy = fit.exposure_scaling[x], fit.exposure_scaling[y]
-        zx = (cohort[x] - sx["mean"]) / (2 * sx["sd"])
-        zy = (cohort[y] - sy["mean"]) / (2 * sy["sd"])
-        ix = np.digitize(zx, e)
-        iy = np.digitize(zy, e)
-        ok = zx.notna() & zy.notna()
-        counts = pd.crosstab(iy[ok], ix[ok])
-    for i, (cy, ly) in enumerate(zip(centres, labels, strict=True)):
-        for j, (cx, lx) in enumerate(zip(centres, labels, strict=True)):
-            n = int(counts.loc[i, j]) if counts is not None and i in counts.index and \
-                j in counts.columns else 0
-            rows.append({f"{x}_z_bin": lx, f"{y}_z_bin": ly, f"{x}_z": cx, f"{y}_z": cy,
-                         "or": math.exp(bx * cx + by * cy), "n": n, "i": i, "j": j})
+    for i in range(len(ey) - 1):
+        cy = 0.5 * (ey[i] + ey[i + 1])
+        for j in range(len(ex) - 1):
+            cx = 0.5 * (ex[j] + ex[j + 1])
+            g = np.zeros(len(beta))
+            g[jx], g[jy] = cx, cy
+            if inter:
+                g[names.index(inter)] = cx * cy
+            lin = float(g @ beta)
+            se = math.sqrt(max(float(g @ cov @ g), 0.0)) if cov.size else math.nan
+            eta = base + lin
+            rows.append({f"{x}_z_bin": f"{ex[j]:g} to {ex[j + 1]:g}",
+                         f"{y}_z_bin": f"{ey[i]:g} to {ey[i + 1]:g}", f"{x}_z": cx,
+                         f"{y}_z": cy, "or": math.exp(lin), "ci_low": math.exp(lin - Z95 * se),
+                         "ci_high": math.exp(lin + Z95 * se),
+                         "p_conditional": float(np.mean(1 / (1 + np.exp(-eta)))),
+                         "p_marginal": float(np.mean(marginal_probability(eta, fit.group_sd))),
+                         "n": int(counts[i, j]), "empty_cell": bool(counts[i, j] == 0),
+                         "i": i, "j": j})
     return pd.DataFrame(rows)
+
+
+def interaction_summary(main: FitResult, inter: FitResult, term: str) -> dict:
+    """The interaction term's OR (95% CI, Wald p) and the likelihood-ratio test of the
+    interaction model against the main model."""
+    from pipelines.stats import likelihood_ratio_test
+
+    t = inter.term(term)
+    lrt = likelihood_ratio_test(main, inter)
+    return {"term": term, "or": t.or_, "ci_low": t.ci_low, "ci_high": t.ci_high,
+            "p_wald": t.p, "lrt_chi2": lrt["statistic"], "lrt_df": lrt["df"],
+            "lrt_p": lrt["p"], "loglik_main": main.loglik, "loglik_interaction": inter.loglik,
+            "n": inter.n, "events": inter.events}
 
 
 def nomogram(fit: FitResult, cohort: pd.DataFrame, n_ticks: int = 6) -> tuple[pd.DataFrame,
                                                                             pd.DataFrame]:
     """Points of a nomogram of ``fit``: each term's contribution over its observed range,
-    scaled so the widest term spans 0-100 points; total points map to the predicted
-    probability with the random intercept at 0.
+    scaled so the widest term spans 0-100 points; total points map to the linear predictor
+    and to two predicted probabilities: conditional on a site whose intercept is 0, and
+    marginal (population-averaged over the sites' random intercepts).
 
     Returns ``(points, total)``: points has term, value (original units or level), points;
-    total has total_points, linear_predictor, probability.
+    total has total_points, linear_predictor, probability_conditional,
+    probability_marginal.
+
+    Raises
+    ------
+    ValueError
+        ``fit`` has an interaction term (its contribution is not one scale per predictor).
     """
+    if any(":" in t.term for t in fit.terms):
+        raise ValueError("a nomogram needs an additive model; this fit has interaction "
+                         f"term(s) {[t.term for t in fit.terms if ':' in t.term]}")
     scal = fit.exposure_scaling
     spans = []  # (label, [(value_label, contribution)], is_cat)
     cat_terms: dict[str, list] = {}
@@ -221,7 +389,8 @@ def nomogram(fit: FitResult, cohort: pd.DataFrame, n_ticks: int = 6) -> tuple[pd
     totals = np.linspace(0, max_total, 11)
     lp = base + totals * widest / 100
     total = pd.DataFrame({"total_points": totals, "linear_predictor": lp,
-                          "probability": 1 / (1 + np.exp(-lp))})
+                          "probability_conditional": 1 / (1 + np.exp(-lp)),
+                          "probability_marginal": marginal_probability(lp, fit.group_sd)})
     return pts, total
 
 
@@ -316,10 +485,11 @@ def duration_correlation(lesions: pd.DataFrame) -> dict:
 
 
 def cluster_patients(lesions: pd.DataFrame, muscles: pd.DataFrame, max_k: int = 6,
-                     max_patients: int = 5000
+                     max_patients: int = 5000, k: int | None = None
                      ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
     """Hierarchical clustering (Ward) of patients on their per-muscle Mercuri grades; the
-    number of clusters (2..min(max_k, n-1)) maximises the silhouette score.
+    number of clusters is ``k`` when given (e.g. 2 for IMNM mild/severe, as in the study),
+    else the one of 2..min(max_k, n-1) that maximises the silhouette score.
 
     Returns ``(grades, assignment, summary, info)``: grades is patients x muscles (ordered by
     cluster, then dendrogram leaf order), assignment has participant_id and cluster, summary has
@@ -340,15 +510,17 @@ def cluster_patients(lesions: pd.DataFrame, muscles: pd.DataFrame, max_k: int = 
     if n > max_patients:
         raise ValueError(f"{n} patients: hierarchical clustering needs O(n^2) memory; it is run "
                          f"up to {max_patients} patients")
-    if n < 3:
-        raise ValueError(f"clustering needs at least 3 patients with muscle grades, got {n}")
+    if n < 3 or (k is not None and n <= k):
+        raise ValueError(f"clustering into {k or 2}+ groups needs at least "
+                         f"{max(3, (k or 0) + 1)} patients with muscle grades, got {n}")
     Z = linkage(grades.to_numpy(float), method="ward")
+    fixed = k is not None
     sil = {}
-    for k in range(2, min(max_k, n - 1) + 1):
-        lab = fcluster(Z, k, criterion="maxclust")
+    for kk in ([k] if k is not None else range(2, min(max_k, n - 1) + 1)):
+        lab = fcluster(Z, kk, criterion="maxclust")
         if len(np.unique(lab)) < 2:
             continue
-        sil[k] = float(silhouette_score(grades.to_numpy(float), lab))
+        sil[kk] = float(silhouette_score(grades.to_numpy(float), lab))
     if not sil:
         raise ValueError("all patients have identical grades: no cluster structure")
     k = max(sil, key=sil.get)
@@ -372,5 +544,107 @@ def cluster_patients(lesions: pd.DataFrame, muscles: pd.DataFrame, max_k: int = 
                sorted(lesions["diagnosis"].unique())},
         })
     info = {"k": int(k), "silhouette": {str(a): b for a, b in sil.items()},
+            "k_chosen_by": "given" if fixed else "silhouette",
             "missing_grades_imputed": n_missing, "method": "ward, euclidean"}
     return grades, assign.reset_index(drop=True), pd.DataFrame(summary), info
+
+
+def severity_names(k: int) -> list[str]:
+    """Names of ``k`` clusters ordered by increasing lesion load."""
+    return {2: ["mild", "severe"], 3: ["mild", "moderate", "severe"]}.get(
+        k, [f"load rank {i}" for i in range(1, k + 1)])
+
+
+def cluster_within_diagnosis(lesions: pd.DataFrame, muscles: pd.DataFrame,
+                             subgroups: Mapping[str, int] | None = None, max_k: int = 6
+                             ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict]:
+    """Ward clustering of the patients of each diagnosis separately (diagnoses are never
+    pooled), on their per-muscle grades.
+
+    Parameters
+    ----------
+    lesions : from :func:`lesion_table`.
+    muscles : participant x muscle table with ``mercuri_grade``.
+    subgroups : diagnosis -> number of clusters (default IMNM -> 2, mild and severe, as in
+        the study); other diagnoses get the number with the best silhouette score.
+    max_k : largest number of clusters tried by the silhouette score.
+
+    Returns
+    -------
+    grades : patients x muscles, ordered by diagnosis, then subgroup, then dendrogram leaf.
+    assignment : participant_id, diagnosis, cluster (1 = lowest median lesion load within
+        the diagnosis), subgroup (e.g. ``IMNM mild``).
+    summary : per subgroup: n, median lesion load (%), quotient (%/year) and duration (years).
+    info : per diagnosis the clustering's k, silhouette and how k was chosen, or ``note``
+        when the diagnosis was not clustered (too few patients, identical grades).
+    """
+    subgroups = dict(subgroups if subgroups is not None else {"IMNM": 2})
+    parts, assigns, info = [], [], {}
+    for diag, les in lesions.groupby("diagnosis", sort=True):
+        k = subgroups.get(str(diag))
+        try:
+            g, a, _, inf = cluster_patients(les, muscles, max_k=max_k, k=k)
+        except ValueError as e:
+            info[str(diag)] = {"note": f"not clustered: {e}", "n": len(les)}
+            continue
+        med = les.set_index("participant_id")["lesion_load_pct"]
+        order = a.assign(load=a["participant_id"].map(med)).groupby("cluster")["load"].median()
+        rank = {c: r + 1 for r, c in enumerate(order.sort_values(kind="stable").index)}
+        names = severity_names(len(rank))
+        a["cluster"] = a["cluster"].map(rank)
+        a = a.sort_values("cluster", kind="stable")
+        a.insert(1, "diagnosis", str(diag))
+        a["subgroup"] = [f"{diag} {names[c - 1]}" for c in a["cluster"]]
+        assigns.append(a)
+        parts.append(g.loc[a["participant_id"]])
+        info[str(diag)] = {**inf, "n": len(les)}
+    if not assigns:
+        raise ValueError("no diagnosis has enough patients with muscle grades to cluster: "
+                         + "; ".join(f"{d}: {v['note']}" for d, v in info.items()))
+    assign = pd.concat(assigns, ignore_index=True)
+    lz = lesions.set_index("participant_id")
+    summary = []
+    for (diag, sub), a in assign.groupby(["diagnosis", "subgroup"], sort=False):
+        x = lz.loc[a["participant_id"]]
+        summary.append({"diagnosis": diag, "subgroup": sub, "cluster": int(a["cluster"].iloc[0]),
+                        "n": len(a),
+                        "lesion_load_pct": _median_iqr(x["lesion_load_pct"]),
+                        "lesion_load_quotient": _median_iqr(x["lesion_load_quotient"]),
+                        "disease_duration_years": _median_iqr(x["disease_duration_years"]),
+                        "lesion_load_pct_median": float(x["lesion_load_pct"].median())})
+    return pd.concat(parts), assign, pd.DataFrame(summary), info
+
+
+def compare_clusters(lesions: pd.DataFrame, assignment: pd.DataFrame) -> pd.DataFrame:
+    """Lesion load (%), lesion load quotient (%/year) and disease duration between the
+    clusters of each diagnosis: Mann-Whitney U for each pair of clusters, and Kruskal-Wallis
+    H over all of them when there are more than two."""
+    from itertools import combinations
+
+    from scipy.stats import kruskal, mannwhitneyu
+
+    d = assignment.merge(lesions.drop(columns="diagnosis"), on="participant_id")
+    rows = []
+    for diag, g in d.groupby("diagnosis", sort=True):
+        subs = list(dict.fromkeys(g.sort_values("cluster")["subgroup"]))
+        for v in ("lesion_load_pct", "lesion_load_quotient", "disease_duration_years"):
+            xs = {sub: g.loc[g["subgroup"] == sub, v].dropna() for sub in subs}
+            for a, b in combinations(subs, 2):
+                xa, xb = xs[a], xs[b]
+                u = p = math.nan
+                if len(xa) and len(xb):
+                    r = mannwhitneyu(xa, xb, alternative="two-sided")
+                    u, p = float(r.statistic), float(r.pvalue)
+                rows.append({"diagnosis": diag, "value": v, "test": "Mann-Whitney U",
+                             "group_a": a, "group_b": b, "n_a": len(xa), "n_b": len(xb),
+                             "median_a": float(xa.median()) if len(xa) else math.nan,
+                             "median_b": float(xb.median()) if len(xb) else math.nan,
+                             "statistic": u, "p": p})
+            if len(subs) > 2 and all(len(x) for x in xs.values()):
+                r = kruskal(*xs.values())
+                rows.append({"diagnosis": diag, "value": v, "test": "Kruskal-Wallis H",
+                             "group_a": ", ".join(subs), "group_b": "",
+                             "n_a": sum(len(x) for x in xs.values()), "n_b": 0,
+                             "median_a": math.nan, "median_b": math.nan,
+                             "statistic": float(r.statistic), "p": float(r.pvalue)})
+    return pd.DataFrame(rows)

@@ -12,13 +12,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 
 from pipelines.report import analyses as A
 from pipelines.report import figures as F
-from pipelines.stats import FitResult, ModelSpec, fit_model
+from pipelines.stats import FitResult, ModelSpec, cohort_scaling, fit_model
+from pipelines.stats.predict import calibration_table
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,14 @@ class ReportConfig:
         Metrics whose distributions by site are shown.
     max_clusters : int
         Largest number of patient clusters tried in the myopathy analysis.
+    cohort : {"auto", "population", "myopathy"}
+        A myopathy cohort gets Table 1 by diagnosis and no outcome models; ``auto``: a
+        myopathy cohort when every participant has a ``diagnosis``.
+    subgroups : tuple of (diagnosis, k)
+        Diagnoses clustered into a fixed number of subgroups (default IMNM into mild and
+        severe, as in the study); the others get the number with the best silhouette.
+    heatmap_step : float
+        Width of the heatmap's Z-score bins (units of 2 SD).
     """
 
     pain_column: str = "pain_nrs"
@@ -44,6 +54,9 @@ class ReportConfig:
     strata: tuple[str, ...] = ("osteoarthritis", "osteoporosis")
     site_metrics: tuple[str, ...] = ("intermat_pct", "lmm_index", "lmm_cm3", "lesion_load_pct")
     max_clusters: int = 6
+    cohort: Literal["auto", "population", "myopathy"] = "auto"
+    subgroups: tuple[tuple[str, int], ...] = (("IMNM", 2),)
+    heatmap_step: float = 0.5
 
     def __post_init__(self) -> None:
         for name in ("strata", "site_metrics"):
@@ -53,6 +66,17 @@ class ReportConfig:
             raise ValueError("pain_column must name a column")
         if self.max_clusters < 2:
             raise ValueError(f"max_clusters must be >= 2, got {self.max_clusters}")
+        if self.cohort not in ("auto", "population", "myopathy"):
+            raise ValueError(f"cohort must be auto, population or myopathy, got {self.cohort!r}")
+        sub = self.subgroups
+        sub = tuple(sub.items()) if isinstance(sub, dict) else tuple(tuple(x) for x in sub)
+        for pair in sub:
+            if len(pair) != 2 or not isinstance(pair[1], int) or pair[1] < 2:
+                raise ValueError(f"subgroups must be (diagnosis, k >= 2) pairs, got {pair!r}")
+        object.__setattr__(self, "subgroups", sub)
+        if not 0.05 <= self.heatmap_step <= 2:
+            raise ValueError(f"heatmap_step must be in 0.05..2 (units of 2 SD), got "
+                             f"{self.heatmap_step}")
 
 
 class _Report:
@@ -150,7 +174,34 @@ def _fit_summary(f: FitResult) -> str:
     sd = "0 (singular fit)" if f.singular else f"{f.group_sd:.3f}"
     return (f"{f.method} (nAGQ={f.nagq}); n = {f.n} ({f.n_dropped} dropped for missing values), "
             f"{f.events} events, {f.groups} {f.group}s; {f.group} SD {sd}; "
-            f"log-likelihood {f.loglik:.2f}; converged: {f.converged}.")
+            f"log-likelihood {f.loglik:.2f}; converged: {f.converged}; status: {f.status} "
+            f"({f.events_per_term:.1f} events per fitted term).")
+
+
+def _fit_notes(R: _Report, label: str, f: FitResult) -> None:
+    """A visible note for a fit that is not plainly ``ok``: every dropped term and why."""
+    if f.status != "ok" or f.warnings:
+        R.note(f"{label}: status {f.status}. " + " ".join(
+            w if w.endswith(".") else w + "." for w in f.warnings))
+
+
+def _scaling_for_subsets(cohort, spec: ModelSpec, main_fit: FitResult | None) -> dict | None:
+    """The analysed cohort's exposure mean and SD (those of the main model), which the
+    pain and stratified models reuse so that their ORs are per 2 cohort-SDs too."""
+    if main_fit is not None:
+        return {c: {**v, "over": f"the analysed cohort ({main_fit.n} complete rows of the main "
+                    "model)"} for c, v in main_fit.exposure_scaling.items()}
+    try:
+        return cohort_scaling(cohort, spec)
+    except ValueError as e:  # no main model rows: each subset model standardises itself
+        log.warning("cohort standardisation unavailable (%s); subsets use their own SD", e)
+        return None
+
+
+def _is_myopathy_cohort(cohort, config: ReportConfig) -> bool:
+    if config.cohort != "auto":
+        return config.cohort == "myopathy"
+    return "diagnosis" in cohort.columns and bool(cohort["diagnosis"].notna().all())
 
 
 def _terms_df(f: FitResult) -> pd.DataFrame:
@@ -203,22 +254,37 @@ def build_report(workdir: str | Path, config: ReportConfig | None = None, *,
     if "activity" not in cohort.columns and "met_min_week" in cohort.columns:
         cohort = cohort.copy()
         cohort["activity"] = A.derive_activity(cohort["met_min_week"])
-    has_outcome = outcome in cohort.columns and cohort[outcome].notna().any()
+    myopathy_cohort = _is_myopathy_cohort(cohort, config)
+    has_outcome = (outcome in cohort.columns and cohort[outcome].notna().any()
+                   and not myopathy_cohort)
 
     # -- Table 1 ------------------------------------------------------------------------
     R.h2("Table 1: participants")
-    t1 = A.table1(cohort, outcome if has_outcome else None)
-    R.table(t1, "table1", f"Characteristics, overall{' and by ' + outcome if has_outcome else ''}",
+    by = "diagnosis" if myopathy_cohort and "diagnosis" in cohort.columns else (
+        outcome if has_outcome else None)
+    t1 = A.table1(cohort, by)
+    R.table(t1, "table1", f"Characteristics, overall{' and by ' + by if by else ''}",
             index=True)
-    if not has_outcome:
+    if outcome not in cohort.columns or cohort[outcome].isna().all():
+        R.note(f"The table has no {outcome!r} outcome: the models, the outcome comparisons and "
+               "their figures are left out.")
+    elif myopathy_cohort:
+        R.note(f"A myopathy cohort (report.cohort: {config.cohort}; every participant has a "
+               f"diagnosis): Table 1 is by diagnosis and the {outcome!r} models are left out "
+               "(set report.cohort: population to fit them).")
+    elif not has_outcome:
         R.note(f"The table has no {outcome!r} outcome: the models, the outcome comparisons and "
                "their figures are left out.")
     elif "activity" in cohort.columns:
         prev, test = A.prevalence_by_activity(cohort, outcome)
+        exact = (f"; exact p = {_fmt(test['p_exact'])} ({test['exact_method']})"
+                 if "p_exact" in test else "")
         R.table(prev, "prevalence_by_activity",
                 f"Prevalence of {outcome} by activity group (low < 500, moderate 500-5000, "
                 f"high > 5000 MET min/week); chi-square {test['chi2']:.2f}, "
-                f"df {test['dof']}, p = {_fmt(test['p'])}")
+                f"df {test['dof']}, p = {_fmt(test['p'])}{exact}")
+        if "warning" in test:
+            R.note(f"Prevalence by activity: {test['warning']}.")
         R.numbers["prevalence_chi_square"] = test
     else:
         R.note("No met_min_week / activity column: prevalence by activity group left out.")
@@ -226,6 +292,7 @@ def build_report(workdir: str | Path, config: ReportConfig | None = None, *,
     # -- models ---------------------------------------------------------------------------
     fits: dict[str, FitResult | str] = {}
     main_fit: FitResult | None = None
+    inter_fit: FitResult | None = None
     if has_outcome:
         missing_adj = [a for a in spec.adjust if a not in cohort.columns]
         if missing_adj:
@@ -242,20 +309,23 @@ def build_report(workdir: str | Path, config: ReportConfig | None = None, *,
                 fits["main"] = main_fit
                 main_fit.to_json(results / "fit_main.json")
                 R.files.append("fit_main.json")
-                R.p(f"Logistic regression of {outcome} on {', '.join(spec.exposures)} (per 2 SD)"
-                    f" adjusted for {', '.join(spec.adjust) or 'nothing'}, random intercept per "
-                    f"{spec.group}. " + _fit_summary(main_fit))
+                R.p(f"Logistic regression of {outcome} on {', '.join(spec.exposures)} (per 2 SD"
+                    f" of the analysed cohort) adjusted for {', '.join(spec.adjust) or 'nothing'}"
+                    f", random intercept per {spec.group}. " + _fit_summary(main_fit))
+                _fit_notes(R, "Main model", main_fit)
                 R.table(_terms_df(main_fit), "model_main_terms", "Main model: odds ratios")
             except ValueError as e:
                 fits["main"] = f"not estimable: {e}"
                 R.note(f"Main model not estimable: {e}")
-            _pain_model(R, cohort, spec, config, fits)
-            _strata(R, cohort, spec, config, fits)
+            scaling = _scaling_for_subsets(cohort, spec, main_fit)
+            _pain_model(R, cohort, spec, config, fits, scaling)
+            _strata(R, cohort, spec, config, fits, scaling)
+            inter_fit = _interaction(R, cohort, spec, main_fit, fits)
             if fits:
                 R.table(A.models_table(fits), "models", "All models, all terms (long format)",
                         collapsed=True)
     if main_fit is not None:
-        _figures_main(R, cohort, spec, config, main_fit, fits)
+        _figures_main(R, cohort, spec, config, main_fit, fits, inter_fit)
     if spec.group in cohort.columns:
         vals = tuple(v for v in config.site_metrics if v in cohort.columns)
         if vals:
@@ -292,7 +362,8 @@ def _fit_main(cohort: pd.DataFrame, spec: ModelSpec,
     return done
 
 
-def _pain_model(R: _Report, cohort, spec: ModelSpec, config: ReportConfig, fits) -> None:
+def _pain_model(R: _Report, cohort, spec: ModelSpec, config: ReportConfig, fits,
+                scaling: dict | None) -> None:
     R.h2("Pain-intensity model")
     col = config.pain_column
     if col not in cohort.columns:
@@ -300,43 +371,64 @@ def _pain_model(R: _Report, cohort, spec: ModelSpec, config: ReportConfig, fits)
         return
     sub = cohort[cohort[spec.outcome] == 1].copy()
     sub["pain_high"] = (sub[col] >= config.pain_threshold).astype(float).where(sub[col].notna())
-    pspec = replace(spec, outcome="pain_high")
+    f = _fit_shown(R, fits, "pain", "Pain-intensity model", sub,
+                   replace(spec, outcome="pain_high"), scaling,
+                   f"NRS >= {config.pain_threshold:g} vs < {config.pain_threshold:g} among "
+                   f"participants with {spec.outcome}; exposures per 2 SD of the analysed "
+                   "cohort (not of this subset), as in the main model.")
+    if f is not None:
+        R.table(_terms_df(f), "model_pain_terms", "Pain-intensity model: odds ratios")
+
+
+def _fit_shown(R: _Report, fits, key: str, label: str, table, spec: ModelSpec,
+               scaling: dict | None, text: str) -> FitResult | None:
+    """Fit ``spec`` on ``table``, keep it as ``fits[key]`` and ``fit_<key>.json`` and describe
+    it (``text``, the fit's summary and its warnings); a fit that fails is a note."""
     try:
-        f = fit_model(sub, pspec)
+        f = fit_model(table, spec, scaling=scaling)
     except ValueError as e:
-        fits["pain"] = f"not estimable: {e}"
-        R.note(f"Pain-intensity model not estimable: {e}")
-        return
-    fits["pain"] = f
-    f.to_json(R.results / "fit_pain.json")
-    R.files.append("fit_pain.json")
-    R.p(f"NRS >= {config.pain_threshold:g} vs < {config.pain_threshold:g} among participants "
-        f"with {spec.outcome}. " + _fit_summary(f))
-    R.table(_terms_df(f), "model_pain_terms", "Pain-intensity model: odds ratios")
+        fits[key] = f"not estimable: {e}"
+        R.note(f"{label} not estimable: {e}")
+        return None
+    fits[key] = f
+    f.to_json(R.results / f"fit_{key}.json")
+    R.files.append(f"fit_{key}.json")
+    R.p(f"{text} {_fit_summary(f)}")
+    _fit_notes(R, label, f)
+    return f
 
 
-def _strata(R: _Report, cohort, spec: ModelSpec, config: ReportConfig, fits) -> None:
+def _strata(R: _Report, cohort, spec: ModelSpec, config: ReportConfig, fits,
+            scaling: dict | None) -> None:
     strata = tuple(s for s in config.strata if s in cohort.columns)
     if not strata:
         R.note(f"None of the stratifiers {list(config.strata)} is in the table.")
         return
     R.h2(f"Models stratified by {' and by '.join(strata)}")
-    sfits, mw = A.stratified_models(cohort, spec, strata)
+    sfits, mw = A.stratified_models(cohort, spec, strata, scaling)
     rows = []
     for name, f in sfits.items():
         fits[name] = f
         if isinstance(f, str):
             R.note(f"Stratum {name}: {f}")
             continue
+        _fit_notes(R, f"Stratum {name}", f)
         f.to_json(R.results / f"fit_{name.replace('=', '')}.json")
         R.files.append(f"fit_{name.replace('=', '')}.json")
         for e in spec.exposures:
-            t = f.term(e)
-            rows.append({"stratum": name, "n": f.n, "events": f.events, "term": e, "or": t.or_,
-                         "ci_low": t.ci_low, "ci_high": t.ci_high, "p": t.p})
+            row = {"stratum": name, "n": f.n, "events": f.events, "term": e,
+                   "status": f.status}
+            if f.has_term(e):
+                t = f.term(e)
+                row.update({"or": t.or_, "ci_low": t.ci_low, "ci_high": t.ci_high, "p": t.p})
+            else:
+                row["note"] = next((f"dropped ({d.kind}): {d.reason}" for d in f.dropped_terms
+                                    if d.term == e), "not fitted")
+            rows.append(row)
     if rows:
         R.table(pd.DataFrame(rows), "strata_exposures",
-                "Exposure ORs per 2 SD inside each stratum (adjusted, stratifier left out)")
+                "Exposure ORs inside each stratum (adjusted, stratifier left out), per 2 SD of "
+                "the analysed cohort: the same scale as the main model's ORs")
     if len(mw):
         R.table(mw, "mannwhitney_strata",
                 f"Mann-Whitney U: exposures between {spec.outcome}=1 and {spec.outcome}=0 "
@@ -356,30 +448,97 @@ def _strata(R: _Report, cohort, spec: ModelSpec, config: ReportConfig, fits) -> 
         R.table(pd.DataFrame(summ), "strata_box_summary", "Box plot summaries")
 
 
-def _figures_main(R: _Report, cohort, spec, config, main_fit: FitResult, fits) -> None:
+def _interaction(R: _Report, cohort, spec: ModelSpec, main_fit: FitResult | None, fits
+                 ) -> FitResult | None:
+    """The main model plus the first two exposures' interaction: its OR and the
+    likelihood-ratio test against the main model.  Returns the interaction model when its
+    interaction term was estimated."""
+    if len(spec.exposures) < 2 or main_fit is None:
+        return None
+    x, y = spec.exposures[0], spec.exposures[1]
+    term = f"{x}:{y}"
+    R.h2(f"Interaction of {x} and {y}")
+    if spec.interactions:
+        R.note("The main model already has interaction terms: no separate interaction model.")
+        return main_fit if main_fit.has_term(term) else None
+    f = _fit_shown(R, fits, "interaction", "Interaction model", cohort,
+                   replace(spec, interactions=((x, y),)), None,
+                   f"The main model plus the product of the two standardised exposures ({term}). "
+                   f"Its OR is the factor by which the OR per 2 SD of {x} changes for each 2 SD "
+                   f"of {y} (> 1: the two reinforce each other).")
+    if f is None or not f.has_term(term):
+        return None
+    try:
+        summ = A.interaction_summary(main_fit, f, term)
+    except ValueError as e:  # terms dropped differently: the likelihoods are not nested
+        R.note(f"No likelihood-ratio test of the interaction: {e}")
+        t = f.term(term)
+        summ = {"term": term, "or": t.or_, "ci_low": t.ci_low, "ci_high": t.ci_high,
+                "p_wald": t.p}
+    R.numbers["interaction"] = summ
+    R.table(pd.DataFrame([summ]), "interaction",
+            f"Interaction {term}: OR (95% CI, Wald p) and likelihood-ratio test against the "
+            "main model (1 df)")
+    return f
+
+
+def _figures_main(R: _Report, cohort, spec, config: ReportConfig, main_fit: FitResult, fits,
+                  inter_fit: FitResult | None) -> None:
     R.h2("Figures of the main model")
     models = A.models_table({k: v for k, v in fits.items() if not isinstance(v, str)})
     R.figure(F.forest_plot(models[models["model"] == "main"], "Main model"), "forest",
              "Forest plot: odds ratios with 95% CIs (numbers: model_main_terms.csv)")
-    sub = models[(models["model"] != "main") & models["term"].isin(spec.exposures)]
+    shown = {*spec.exposures, *spec.interaction_terms, ":".join(spec.exposures[:2])}
+    sub = models[(models["model"] != "main") & models["term"].isin(shown)]
     if len(sub):
         R.figure(F.forest_plot(sub, "Exposures in the other models"), "forest_other",
-                 "Exposure ORs per 2 SD in the pain and stratified models (numbers: models.csv)")
+                 "Exposure ORs per 2 cohort-SDs in the pain, stratified and interaction models "
+                 "(numbers: models.csv)")
     if len(spec.exposures) >= 2:
         x, y = spec.exposures[0], spec.exposures[1]
-        grid = A.or_grid(main_fit, x, y, cohort=cohort)
-        R.figure(F.or_heatmap(grid, x, y), "or_heatmap",
-                 f"Predicted OR of {spec.outcome} over {x} x {y} Z-score bins (2-SD units) "
-                 "relative to both at the mean; n = participants per bin")
-        grid.drop(columns=["i", "j"]).to_csv(R.results / "or_heatmap.csv", index=False)
-        R.files.append("or_heatmap.csv")
-    pts, total = A.nomogram(main_fit, cohort)
-    R.figure(F.nomogram_plot(pts, total, "Nomogram of the main model (site intercept = 0)"),
-             "nomogram", "Nomogram: read each predictor's points, add them, read the predicted "
-             "probability below the total (numbers: nomogram_points.csv, nomogram_total.csv)")
-    pts.to_csv(R.results / "nomogram_points.csv", index=False)
-    total.to_csv(R.results / "nomogram_total.csv", index=False)
-    R.files += ["nomogram_points.csv", "nomogram_total.csv"]
+        hfit = inter_fit or main_fit
+        if inter_fit is None:
+            R.note("The heatmap is drawn from the main model (no interaction term estimated): "
+                   "it cannot show a synergy of the two exposures.")
+        try:
+            grid = A.or_grid(hfit, x, y, cohort=cohort, step=config.heatmap_step)
+        except KeyError as e:
+            R.note(f"No heatmap: {e.args[0]}")
+        else:
+            which = "interaction model" if inter_fit is not None else "main model"
+            R.figure(F.or_heatmap(grid, x, y, f"{spec.outcome}: {which}"), "or_heatmap",
+                     f"{x} x {y}, bins of {config.heatmap_step:g} Z-score units (2 cohort-SDs) "
+                     f"over the observed range, from the {which}. Left: OR relative to both "
+                     "exposures at the cohort mean, conditional on the site (as every OR of "
+                     "the model). Right: predicted probability averaged over sites (marginal),"
+                     " the participants' other covariates as they are. Hatched cells hold no "
+                     f"participant ({int(grid['empty_cell'].sum())} of {len(grid)}). Numbers: "
+                     "or_heatmap.csv (with conditional probabilities and CIs)")
+            grid.drop(columns=["i", "j"]).to_csv(R.results / "or_heatmap.csv", index=False)
+            R.files.append("or_heatmap.csv")
+    try:
+        pts, total = A.nomogram(main_fit, cohort)
+    except ValueError as e:
+        R.note(f"No nomogram: {e}")
+    else:
+        R.figure(F.nomogram_plot(pts, total, "Nomogram of the main model"), "nomogram",
+                 "Nomogram: read each predictor's points, add them, read the predicted "
+                 "probability below the total: first at a site whose intercept is 0 "
+                 "(conditional), then averaged over the sites' random intercepts (marginal, "
+                 "population-averaged). Numbers: nomogram_points.csv, nomogram_total.csv")
+        pts.to_csv(R.results / "nomogram_points.csv", index=False)
+        total.to_csv(R.results / "nomogram_total.csv", index=False)
+        R.files += ["nomogram_points.csv", "nomogram_total.csv"]
+    cal, overall = calibration_table(main_fit, cohort)
+    R.numbers["calibration"] = overall
+    R.table(cal, "calibration",
+            f"Calibration of the main model: observed vs predicted risk by decile of the "
+            f"marginal prediction. Overall: observed {overall['observed']:.3f}, mean marginal "
+            f"prediction {overall['predicted_marginal']:.3f}, mean conditional (site "
+            f"intercept 0) {overall['predicted_conditional']:.3f}")
+    R.figure(F.calibration_plot(cal, "Calibration by decile of predicted risk"), "calibration",
+             "Observed against predicted risk per decile: marginal (averaged over sites) and "
+             "conditional (site intercept 0) predictions (numbers: calibration.csv)")
 
 
 def _myopathy(R: _Report, cohort, muscles, config: ReportConfig) -> None:
@@ -404,25 +563,42 @@ def _myopathy(R: _Report, cohort, muscles, config: ReportConfig) -> None:
     R.table(pd.DataFrame([{"group": k, **v} for k, v in rho.items()]),
             "myopathy_spearman", "Spearman correlation of lesion load with disease duration")
     R.figure(F.lesion_vs_duration(les), "lesion_duration", "Lesion load vs disease duration")
-    R.h2("Myopathy: patient clusters on per-muscle grades")
+    R.h2("Myopathy: patient clusters on per-muscle grades, within each diagnosis")
     if muscles is None or "mercuri_grade" not in muscles.columns:
         R.note("No muscle table with mercuri_grade: clustering left out.")
         return
     try:
-        grades, assign, summary, info = A.cluster_patients(les, muscles, config.max_clusters)
+        grades, assign, summary, info = A.cluster_within_diagnosis(
+            les, muscles, dict(config.subgroups), config.max_clusters)
     except ValueError as e:
         R.note(f"Clustering left out: {e}")
         return
     R.numbers["clustering"] = info
-    R.p(f"Ward hierarchical clustering; {info['k']} clusters chosen by the silhouette score "
-        f"({', '.join(f'k={k}: {v:.3f}' for k, v in info['silhouette'].items())}); "
-        f"{info['missing_grades_imputed']} missing grades set to the muscle's median.")
-    R.table(summary, "myopathy_clusters", "Clusters: size, median lesion load and duration")
+    fixed = ", ".join(f"{d} into {k}" for d, k in config.subgroups)
+    R.p("Ward hierarchical clustering of the patients of each diagnosis separately (never "
+        f"pooled across diagnoses); fixed numbers of subgroups: {fixed or 'none'} (mild, "
+        "severe: by median lesion load), otherwise the number with the best silhouette. "
+        + " ".join(
+            f"{d}: {v['note']}." if "note" in v else
+            f"{d}: {v['k']} clusters ({v['k_chosen_by']}; silhouette "
+            + ", ".join(f"k={k}: {x:.3f}" for k, x in v["silhouette"].items())
+            + f"; {v['missing_grades_imputed']} missing grades set to the muscle's median)."
+            for d, v in info.items()))
+    for d, v in info.items():
+        if "note" in v:
+            R.note(f"{d}: {v['note']}")
+    R.table(summary, "myopathy_clusters",
+            "Subgroups: size, lesion load (%), lesion load quotient (%/year) and disease "
+            "duration (years), median (IQR)")
+    comp = A.compare_clusters(les, assign)
+    if len(comp):
+        R.table(comp, "myopathy_cluster_comparisons",
+                "Lesion load, quotient and duration between the subgroups of each diagnosis")
     assign.to_csv(R.results / "myopathy_cluster_assignment.csv", index=False)
     grades.to_csv(R.results / "myopathy_grades_ordered.csv")
     R.files += ["myopathy_cluster_assignment.csv", "myopathy_grades_ordered.csv"]
     R.figure(F.grade_heatmap(grades, assign), "grade_heatmap",
-             "Mercuri grades, muscle x patient, patients ordered by cluster "
+             "Mercuri grades, muscle x patient, patients ordered by diagnosis and subgroup "
              "(numbers: myopathy_grades_ordered.csv)")
 
 

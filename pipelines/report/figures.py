@@ -52,33 +52,91 @@ def forest_plot(models: pd.DataFrame, title: str = "") -> bytes:
     return to_png(fig)
 
 
-def or_heatmap(grid: pd.DataFrame, x: str, y: str) -> bytes:
-    """Heatmap of predicted ORs over two exposures' 2-SD Z-score bins (cells annotated)."""
+def or_heatmap(grid: pd.DataFrame, x: str, y: str, title: str = "") -> bytes:
+    """Two heatmaps over two exposures' 2-SD Z-score bins (from :func:`analyses.or_grid`):
+    the site-specific (conditional) OR relative to both exposures at the cohort mean, and
+    the population-averaged (marginal) predicted probability.  Bins without participants
+    are hatched grey and say so; their numbers are not drawn."""
     from matplotlib.colors import LogNorm
 
     nx, ny = grid["j"].max() + 1, grid["i"].max() + 1
     M = np.full((ny, nx), np.nan)
+    P = np.full((ny, nx), np.nan)
     N = np.zeros((ny, nx), int)
-    M[grid["i"].to_numpy(), grid["j"].to_numpy()] = grid["or"].to_numpy(float)
-    N[grid["i"].to_numpy(), grid["j"].to_numpy()] = grid["n"].to_numpy(int)
+    ii, jj = grid["i"].to_numpy(), grid["j"].to_numpy()
+    N[ii, jj] = grid["n"].to_numpy(int)
+    M[ii, jj] = grid["or"].to_numpy(float)
+    P[ii, jj] = grid["p_marginal"].to_numpy(float)
+    empty = N == 0
+    M[empty] = np.nan
+    P[empty] = np.nan
     xl = grid.drop_duplicates("j").sort_values("j")[f"{x}_z_bin"].tolist()
     yl = grid.drop_duplicates("i").sort_values("i")[f"{y}_z_bin"].tolist()
-    fig = _fig(8, 6)
+    fig = _fig(14, 6)
+    axes = fig.subplots(1, 2)
+    filled = M[~empty]
+    lim = max(float(np.max(filled)), 1 / float(np.min(filled)), 1.05) if filled.size else 2.0
+    panels = (
+        (axes[0], M, dict(cmap="RdBu_r", norm=LogNorm(1 / lim, lim)), "odds ratio",
+         "OR vs both exposures at the cohort mean\n(site-specific: conditional on the site)",
+         lambda v, n: f"{v:.2f}\nn={n}"),
+        (axes[1], P, dict(cmap="viridis", vmin=0, vmax=max(float(np.nanmax(P)), 1e-6)
+                          if np.isfinite(P).any() else 1), "probability",
+         "Predicted probability, population-averaged\n(marginal over sites, mean over the "
+         "participants' other covariates)", lambda v, n: f"{100 * v:.0f}%\nn={n}"),
+    )
+    for ax, A, norm, label, sub, text in panels:
+        ax.set_facecolor("#e6e6e6")
+        im = ax.imshow(np.ma.masked_invalid(A), origin="lower", **norm)
+        for i in range(ny):
+            for j in range(nx):
+                if empty[i, j]:
+                    ax.add_patch(_hatch(j, i))
+                    ax.text(j, i, "no\ndata", ha="center", va="center", fontsize=6.5,
+                            color="#666")
+                else:
+                    ax.text(j, i, text(A[i, j], N[i, j]), ha="center", va="center",
+                            fontsize=7, color="black",
+                            bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none",
+                                      alpha=0.6))
+        ax.set_xticks(range(nx), xl, rotation=45, ha="right", fontsize=8)
+        ax.set_yticks(range(ny), yl, fontsize=8)
+        ax.set_xlabel(f"{x}: Z-score bin (units of 2 cohort-SDs)")
+        ax.set_ylabel(f"{y}: Z-score bin (units of 2 cohort-SDs)")
+        ax.set_title(sub, fontsize=9)
+        cb = fig.colorbar(im, ax=ax, label=label)
+        if label == "odds ratio":
+            _plain_log_axis(cb.ax.yaxis)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return to_png(fig)
+
+
+def _hatch(j: int, i: int):
+    from matplotlib.patches import Rectangle
+
+    return Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="///", ec="#aaa", lw=0)
+
+
+def calibration_plot(table: pd.DataFrame, title: str = "") -> bytes:
+    """Observed against predicted risk per group of predicted risk, marginal
+    (population-averaged) and conditional (site intercept 0) predictions, with the
+    identity line."""
+    fig = _fig(5.5, 5)
     ax = fig.add_subplot()
-    lim = max(np.nanmax(M), 1 / np.nanmin(M))
-    im = ax.imshow(M, origin="lower", cmap="RdBu_r", norm=LogNorm(1 / lim, lim))
-    for i in range(ny):
-        for j in range(nx):
-            dark = abs(np.log(M[i, j])) > 0.6 * np.log(lim)
-            ax.text(j, i, f"{M[i, j]:.2f}\nn={N[i, j]}", ha="center", va="center", fontsize=7,
-                    color="white" if dark else "black")
-    ax.set_xticks(range(nx), xl, rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(range(ny), yl, fontsize=8)
-    ax.set_xlabel(f"{x}: Z-score bin (units of 2 SD)")
-    ax.set_ylabel(f"{y}: Z-score bin (units of 2 SD)")
-    ax.set_title("Predicted OR vs reference (both Z = 0)", fontsize=10)
-    cb = fig.colorbar(im, ax=ax, label="odds ratio")
-    _plain_log_axis(cb.ax.yaxis)
+    top = float(max(table["observed"].max(), table["predicted_marginal"].max(),
+                    table["predicted_conditional"].max())) * 1.05 or 1.0
+    ax.plot([0, top], [0, top], color="#999", lw=0.8, ls="--", label="perfect calibration")
+    ax.plot(table["predicted_marginal"], table["observed"], "o-", color="#1f4e79", ms=4,
+            label="marginal (averaged over sites)")
+    ax.plot(table["predicted_conditional"], table["observed"], "s:", color="#b05000", ms=3.5,
+            label="conditional (site intercept 0)")
+    ax.set_xlim(0, top)
+    ax.set_ylim(0, top)
+    ax.set_xlabel("mean predicted risk in the group")
+    ax.set_ylabel("observed risk in the group")
+    ax.legend(fontsize=8)
+    ax.set_title(title, fontsize=10)
     return to_png(fig)
 
 
@@ -88,7 +146,7 @@ def nomogram_plot(points: pd.DataFrame, total: pd.DataFrame, title: str = "") ->
     fig = _fig(9, 0.55 * (len(terms) + 3) + 0.8)
     ax = fig.add_subplot()
     max_total = float(total["total_points"].max())
-    rows = ["points", *terms, "total points", "probability"]
+    rows = ["points", *terms, "total points", "P, site intercept 0", "P, averaged over sites"]
     y = {r: len(rows) - 1 - i for i, r in enumerate(rows)}
     ax.hlines(y["points"], 0, 100, color="k", lw=0.8)
     for p in range(0, 101, 10):
@@ -107,16 +165,17 @@ def nomogram_plot(points: pd.DataFrame, total: pd.DataFrame, title: str = "") ->
     for tp in np.linspace(0, max_total, 6):
         ax.vlines(tp * scale, y["total points"], y["total points"] + 0.12, color="k", lw=0.8)
         ax.text(tp * scale, y["total points"] + 0.18, f"{tp:.0f}", ha="center", fontsize=7)
-    ax.hlines(y["probability"], 0, 100, color="#b00", lw=0.8)
-    lp0 = float(total["linear_predictor"].iloc[0])
-    lp1 = float(total["linear_predictor"].iloc[-1])
-    for pr in (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95):
-        lp = np.log(pr / (1 - pr))
-        if lp0 <= lp <= lp1 and lp1 > lp0:
-            x = 100 * (lp - lp0) / (lp1 - lp0)
-            ax.vlines(x, y["probability"], y["probability"] + 0.12, color="#b00", lw=0.8)
-            ax.text(x, y["probability"] + 0.18, f"{pr:g}", ha="center", fontsize=7,
-                    color="#b00")
+    tp = total["total_points"].to_numpy(float)
+    for row, col, colour in (("P, site intercept 0", "probability_conditional", "#b00"),
+                             ("P, averaged over sites", "probability_marginal", "#7a1fa2")):
+        ax.hlines(y[row], 0, 100, color=colour, lw=0.8)
+        prob = total[col].to_numpy(float)
+        for pr in (0.02, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95):
+            if max_total > 0 and prob[0] <= pr <= prob[-1] and prob[-1] > prob[0]:
+                # logit(P) is linear (conditional) or nearly so (marginal) in the points
+                x = float(np.interp(_logit(pr), _logit(prob), tp)) * scale
+                ax.vlines(x, y[row], y[row] + 0.12, color=colour, lw=0.8)
+                ax.text(x, y[row] + 0.18, f"{pr:g}", ha="center", fontsize=7, color=colour)
     ax.set_yticks(list(y.values()), list(y.keys()), fontsize=8)
     ax.set_xlim(-5, 105)
     ax.set_ylim(-0.7, len(rows) - 0.4)
@@ -125,6 +184,11 @@ def nomogram_plot(points: pd.DataFrame, total: pd.DataFrame, title: str = "") ->
         ax.spines[s].set_visible(False)
     ax.set_title(title, fontsize=10)
     return to_png(fig)
+
+
+def _logit(p):
+    p = np.asarray(p, dtype=float)
+    return np.log(p / (1 - p))
 
 
 def strata_boxplots(cohort: pd.DataFrame, values: tuple[str, ...], outcome: str,
@@ -180,15 +244,16 @@ def grade_heatmap(grades: pd.DataFrame, assignment: pd.DataFrame) -> bytes:
     im = ax.imshow(M, aspect="auto", cmap=cmap, norm=BoundaryNorm(np.arange(-0.5, 5), 5),
                    interpolation="nearest")
     ax.set_yticks(range(M.shape[0]), list(grades.columns), fontsize=7)
-    clusters = assignment["cluster"].to_numpy()
-    bounds = np.flatnonzero(np.diff(clusters)) + 0.5
-    for b in bounds:
+    labels = (assignment["subgroup"] if "subgroup" in assignment.columns else
+              "cluster " + assignment["cluster"].astype(str)).to_numpy()
+    change = np.flatnonzero(labels[1:] != labels[:-1])
+    for b in change + 0.5:
         ax.axvline(b, color="#b00", lw=1.2)
-    starts = np.r_[0, np.flatnonzero(np.diff(clusters)) + 1]
-    ends = np.r_[starts[1:], len(clusters)]
-    ax.set_xticks((starts + ends - 1) / 2, [f"cluster {clusters[s]}" for s in starts],
-                  fontsize=8)
-    ax.set_xlabel("patients (ordered by cluster)")
+    starts = np.r_[0, change + 1]
+    ends = np.r_[starts[1:], len(labels)]
+    ax.set_xticks((starts + ends - 1) / 2, [labels[s] for s in starts], fontsize=8,
+                  rotation=30, ha="right")
+    ax.set_xlabel("patients (ordered by diagnosis and cluster)")
     fig.colorbar(im, ax=ax, ticks=range(5), label="Mercuri grade")
     return to_png(fig)
 

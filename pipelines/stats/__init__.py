@@ -12,17 +12,23 @@ from pipelines.stats.glmm import (
 )
 from pipelines.stats.model import (
     DEFAULT_ADJUST,
+    DroppedTerm,
     FitResult,
     ModelSpec,
     Term,
     build_design,
+    cohort_scaling,
     derive_activity,
+    design_for_fit,
     fit_model,
+    likelihood_ratio_test,
     read_cohort_table,
 )
+from pipelines.stats.predict import marginal_probability, predict_probabilities
 
 __all__ = [
-    "DEFAULT_ADJUST", "FitResult", "GlmmResult", "ModelSpec", "SeparationError", "Term",
-    "build_design", "derive_activity", "fit_model", "fit_random_intercept_logit",
-    "gauss_hermite_normal", "read_cohort_table",
+    "DEFAULT_ADJUST", "DroppedTerm", "FitResult", "GlmmResult", "ModelSpec", "SeparationError",
+    "Term", "build_design", "cohort_scaling", "derive_activity", "design_for_fit", "fit_model",
+    "fit_random_intercept_logit", "gauss_hermite_normal", "likelihood_ratio_test",
+    "marginal_probability", "predict_probabilities", "read_cohort_table",
 ]

@@ -35,7 +35,15 @@ SEPARATION_LOGODDS = 15.0
 
 
 class SeparationError(ValueError):
-    """The outcome is perfectly (or quasi-perfectly) separated by one or more terms."""
+    """The outcome is perfectly (or quasi-perfectly) separated by one or more terms.
+
+    ``terms`` names the design columns whose coefficient diverged (empty when the group SD
+    diverged, i.e. no single term is to blame), so a caller may drop them and refit.
+    """
+
+    def __init__(self, message: str, terms: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.terms = tuple(terms)
 
 
 @dataclass(frozen=True)
@@ -260,7 +268,7 @@ def _check_separation(beta: np.ndarray, names: tuple[str, ...], where: str) -> N
         raise SeparationError(
             f"perfect or quasi-perfect separation of the outcome by term(s) {big} "
             f"(|log-odds| > {SEPARATION_LOGODDS:g} in the {where}); the odds ratio is not "
-            "estimable: drop or merge the term, or pool sparse categories"
+            "estimable: drop or merge the term, or pool sparse categories", terms=tuple(big)
         )
 
 

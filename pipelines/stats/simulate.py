@@ -29,8 +29,15 @@ class CohortSimSpec:
     or_covariates : dict
         Planted odds ratios of the adjusters (per unit; for ``activity`` per level vs
         moderate, ``sex`` female vs male).
+    or_interaction : float
+        Planted odds ratio of the ``intermat_pct:lmm_index`` product (per 2 SD x 2 SD); 1 =
+        no interaction.
     myopathy : bool
         Add ``diagnosis`` and ``disease_duration_years`` and a muscle table with grades.
+    imnm_severe_fraction, imnm_severe_grades : float
+        With ``myopathy``: the share of IMNM patients in a planted severe subgroup, whose
+        grades are raised by ``imnm_severe_grades`` in the first half of the muscles
+        (``planted_subgroup`` says who is in which).
     """
 
     n: int = 2000
@@ -42,7 +49,19 @@ class CohortSimSpec:
         "age": 1.01, "sex_female": 1.3, "diabetes": 1.2, "dyslipidemia": 1.1,
         "osteoporosis": 1.4, "osteoarthritis": 1.6, "activity_low": 1.3, "activity_high": 0.9,
     })
+    or_interaction: float = 1.0
     myopathy: bool = False
+    imnm_severe_fraction: float = 0.4
+    imnm_severe_grades: float = 3.0
+
+    def __post_init__(self) -> None:
+        if self.n < 2 or self.n_sites < 1:
+            raise ValueError(f"need n >= 2 and n_sites >= 1, got {self.n}, {self.n_sites}")
+        if not self.or_interaction > 0:
+            raise ValueError(f"or_interaction must be > 0, got {self.or_interaction}")
+        if not 0 <= self.imnm_severe_fraction <= 1:
+            raise ValueError(f"imnm_severe_fraction must be in 0..1, got "
+                             f"{self.imnm_severe_fraction}")
 
 
 def simulate_cohort(spec: CohortSimSpec, seed: int):
@@ -51,7 +70,7 @@ def simulate_cohort(spec: CohortSimSpec, seed: int):
     Columns of ``cohort``: participant_id, site, age, sex, bmi, diabetes, dyslipidemia,
     osteoporosis, osteoarthritis, met_min_week, intermat_pct, lmm_cm3, lmm_index,
     lesion_load_pct, cbp, pain_nrs (NaN without CBP) and, with ``myopathy``, diagnosis,
-    disease_duration_years, lesion_load_quotient.
+    disease_duration_years, lesion_load_quotient, planted_subgroup.
     """
     import pandas as pd
 
@@ -80,6 +99,7 @@ def simulate_cohort(spec: CohortSimSpec, seed: int):
         spec.intercept
         + np.log(spec.or_per_2sd["intermat_pct"]) * z_im
         + np.log(spec.or_per_2sd["lmm_index"]) * z_lmm
+        + np.log(spec.or_interaction) * z_im * z_lmm
         + np.log(c["age"]) * age
         - np.log(c["age"]) * 50
         + np.log(c["sex_female"]) * female
@@ -111,9 +131,16 @@ def simulate_cohort(spec: CohortSimSpec, seed: int):
         # planted: lesion load rises with duration and is higher in IBM
         g2 = np.clip(np.round(grades + (dur[:, None] / 6) + (diag == "IBM")[:, None]
                               * rng.integers(0, 2, (n, len(MUSCLES)))), 0, 4)
-        grades = g2
+        # planted: a severe IMNM subgroup with more fat replacement in half of the muscles
+        # (drawn last, so every other column is as without it)
+        severe = (diag == "IMNM") & (rng.random(n) < spec.imnm_severe_fraction)
+        half = np.arange(len(MUSCLES)) < len(MUSCLES) // 2
+        grades = np.clip(g2 + np.round(spec.imnm_severe_grades * severe[:, None] * half), 0, 4)
         lesion = 100 * grades.sum(1) / (4 * len(MUSCLES))
         cohort["lesion_load_pct"] = lesion
+        cohort["planted_subgroup"] = pd.array(
+            np.where(diag == "IBM", "IBM", np.where(severe, "IMNM severe", "IMNM mild")),
+            dtype="string")
         cohort["diagnosis"] = pd.array(diag, dtype="string")
         cohort["disease_duration_years"] = dur
         cohort["lesion_load_quotient"] = lesion / dur

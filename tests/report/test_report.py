@@ -51,7 +51,8 @@ def test_full_report(tmp_path, population, myopathy):
     assert len(imgs) >= 7
     assert "http://" not in text and "https://" not in text
     for heading in ("Table 1", "Main model", "Pain-intensity model", "stratified by osteoarthritis",
-                    "Nomogram", "Predicted OR", "by site", "Myopathy", "clusters"):
+                    "Nomogram", "OR relative to both exposures", "Interaction of intermat_pct",
+                    "Calibration", "by site", "Myopathy", "clusters"):
         assert heading in text, heading
     res = wd / "results"
     for f in ("table1.csv", "prevalence_by_activity.csv", "model_main_terms.csv",
@@ -59,14 +60,17 @@ def test_full_report(tmp_path, population, myopathy):
               "nomogram_points.csv", "nomogram_total.csv", "metrics_by_site.csv",
               "myopathy_lesions.csv", "myopathy_diagnosis_mannwhitney.csv",
               "myopathy_clusters.csv", "myopathy_grades_ordered.csv", "report_numbers.json",
-              "fit_main.json", "fit_pain.json", "fit_osteoarthritis0.json"):
+              "fit_main.json", "fit_pain.json", "fit_osteoarthritis0.json",
+              "fit_interaction.json", "interaction.csv", "calibration.csv",
+              "myopathy_cluster_comparisons.csv"):
         assert (res / f).exists(), f
     # numbers shown in the page come from the files: main-model OR of intermat_pct
     terms = pd.read_csv(res / "model_main_terms.csv").set_index("term")
     assert f"{terms.loc['intermat_pct', 'or']:.3f}" in text
     nums = json.loads((res / "report_numbers.json").read_text())
     assert 0 <= nums["prevalence_chi_square"]["p"] <= 1
-    assert nums["clustering"]["k"] >= 2
+    assert nums["clustering"]["IMNM"]["k"] == 2  # mild / severe, as in the study
+    assert nums["clustering"]["IBM"]["k"] >= 2
     assert nums["spearman_lesion_load_vs_duration"]["all"]["rho"] > 0  # planted
 
 
@@ -97,7 +101,7 @@ def test_report_reuses_a_fit_of_exactly_its_main_model(tmp_path, population, mon
     fit = fit_model(population[0].iloc[:600], spec)
     calls = []
     real = B.fit_model
-    monkeypatch.setattr(B, "fit_model", lambda t, s: calls.append(s) or real(t, s))
+    monkeypatch.setattr(B, "fit_model", lambda t, s, **kw: calls.append(s) or real(t, s, **kw))
     build_report(wd, model=spec, fitted={spec: fit})
     assert spec not in calls  # the main model came from `fitted`
     main = json.loads((wd / "results" / "fit_main.json").read_text())
@@ -119,7 +123,7 @@ def test_cli_report_reuses_fit_json_of_the_same_model(tmp_path, population, monk
     assert res.exit_code == 0, res.output
     calls = []
     real = B.fit_model
-    monkeypatch.setattr(B, "fit_model", lambda t, s: calls.append(s) or real(t, s))
+    monkeypatch.setattr(B, "fit_model", lambda t, s, **kw: calls.append(s) or real(t, s, **kw))
     res = CliRunner().invoke(app, ["report", str(wd), "--nagq", "1"])
     assert res.exit_code == 0, res.output
     assert ModelSpec(nagq=1) not in calls
@@ -153,6 +157,10 @@ def test_or_grid_is_relative_to_reference(population):
     bx, by = f.term("intermat_pct").beta, f.term("lmm_index").beta
     np.testing.assert_allclose(g["or"], np.exp(bx * g["intermat_pct_z"] + by * g["lmm_index_z"]))
     assert g["n"].sum() == len(population[0])
+    # bins cover the observed range and no more: every edge row and column holds someone
+    assert g.groupby("i")["n"].sum().min() > 0 and g.groupby("j")["n"].sum().min() > 0
+    assert (g["empty_cell"] == (g["n"] == 0)).all()
+    assert (g["ci_low"] <= g["or"]).all() and (g["or"] <= g["ci_high"]).all()
 
 
 def test_nomogram_points_map_to_model_probability(population):
@@ -162,7 +170,11 @@ def test_nomogram_points_map_to_model_probability(population):
     assert pts["points"].min() == pytest.approx(0) and pts["points"].max() == pytest.approx(100)
     for t in f.terms[1:]:
         assert len(pts[pts["term"] == t.term.split("[")[0]]) >= 2
-    assert total["probability"].is_monotonic_increasing
+    assert total["probability_conditional"].is_monotonic_increasing
+    assert total["probability_marginal"].is_monotonic_increasing
+    from pipelines.stats import marginal_probability
+    np.testing.assert_allclose(total["probability_marginal"],
+                               marginal_probability(total["linear_predictor"], f.group_sd))
     lp = total["linear_predictor"].to_numpy()
     np.testing.assert_allclose(np.diff(lp, 2), 0, atol=1e-9)  # points -> lp is linear
     per_point = (lp[-1] - lp[0]) / (total["total_points"].iloc[-1] - total["total_points"].iloc[0])

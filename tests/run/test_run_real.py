@@ -126,3 +126,26 @@ def test_myocohort_run_killed_with_sigkill_resumes_to_the_same_tables(tmp_path):
     from pipelines.store import participant_ids
 
     assert participant_ids(wd / "store.zarr") == participant_ids(ref / "store.zarr")
+
+
+def test_a_reduced_fit_is_a_result_with_its_warnings_in_the_summary(tmp_path):
+    """40 participants: a rare covariate separates the outcome.  The run exits 0, fit.json
+    lists the dropped term and its status, and the summary ends with the warnings."""
+    pytest.importorskip("pipelines.synth.cohort")
+    cohort = tmp_path / "cohort"
+    r = _cli("synth", "--out", str(cohort), "--participants", "40", "--stations", "1",
+             "--shape", "24,20,32", "--sites", "3", "--seed", "0")
+    assert r.returncode == 0, r.stderr
+    wd = tmp_path / "work"
+    r = _cli("run", str(cohort / "manifest_with_labels.csv"), "--covariates",
+             str(cohort / "covariates.csv"), "--workdir", str(wd), "--cluster", "local")
+    assert r.returncode == 0, r.stderr
+    fit = json.loads((wd / "results" / "fit.json").read_text())
+    assert fit["status"] != "ok" and fit["dropped_terms"], fit
+    assert set(fit["terms_requested"]) > set(fit["terms_fitted"]) - {"(Intercept)"}
+    summary = r.stderr[r.stderr.index("run summary"):]
+    assert f"warning: fit: status {fit['status']}" in summary
+    for term in fit["dropped_terms"]:
+        assert term["term"] in summary
+    events = [json.loads(x) for x in (wd / "run.log.jsonl").read_text().splitlines()]
+    assert any(e["event"] == "fit_warnings" for e in events)

@@ -104,11 +104,19 @@ def test_missing_rows_dropped_and_counted(cohort):
     assert r.dropped_by_column == {"age": 7, "intermat_pct": 7}
 
 
-def test_constant_exposure_names_the_column(cohort):
-    df = cohort.copy()
+def test_constant_exposure_is_dropped_and_the_status_says_so(cohort):
+    """A constant exposure is no crash: the fit goes on without it and says it is not
+    estimable (naming the column)."""
+    df = cohort.iloc[:1500].copy()
     df["lmm_index"] = 5.0
-    with pytest.raises(ValueError, match="lmm_index.*constant"):
-        fit_model(df, ModelSpec(nagq=1))
+    r = fit_model(df, ModelSpec(nagq=1))
+    assert r.status == "exposures_not_estimable"
+    assert [(t.term, t.kind) for t in r.dropped_terms] == [("lmm_index", "constant")]
+    assert "lmm_index" in r.dropped_terms[0].reason and "constant" in r.dropped_terms[0].reason
+    assert r.has_term("intermat_pct") and not r.has_term("lmm_index")
+    with pytest.raises(KeyError, match="lmm_index.*dropped.*constant"):
+        r.term("lmm_index")
+    assert any("not estimable" in w and "lmm_index" in w for w in r.warnings)
 
 
 def test_missing_column_is_named(cohort):
@@ -117,10 +125,17 @@ def test_missing_column_is_named(cohort):
 
 
 def test_separation_in_the_cohort_names_the_term(cohort):
+    """Dropped and named by default; with on_separation="fail" (today's strict behaviour)
+    an error naming the term."""
     df = cohort.iloc[:600].copy()
     df["marker"] = df["cbp"]
+    r = fit_model(df, ModelSpec(nagq=1, adjust=("age", "marker")))
+    assert [(t.term, t.kind) for t in r.dropped_terms] == [("marker", "separation")]
+    assert r.terms_requested == ("intermat_pct", "lmm_index", "age", "marker")
+    assert r.terms_fitted == ("(Intercept)", "intermat_pct", "lmm_index", "age")
+    assert r.status == "reduced"
     with pytest.raises(SeparationError, match="marker"):
-        fit_model(df, ModelSpec(nagq=1, adjust=("age", "marker")))
+        fit_model(df, ModelSpec(nagq=1, adjust=("age", "marker"), on_separation="fail"))
 
 
 def test_edge_groups_work(cohort):
