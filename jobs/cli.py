@@ -10,6 +10,7 @@ import typer
 
 from jobs import (
     cluster_cmd,
+    image_cmd,
     ingest_cmd,
     quantify_cmd,
     run_cmd,
@@ -62,8 +63,8 @@ def main(
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-for _module in (synth_cmd, schema_cmd, ingest_cmd, segment_cmd, quantify_cmd, stats_cmd, run_cmd,
-                cluster_cmd, workdir_cmd):
+for _module in (synth_cmd, schema_cmd, ingest_cmd, segment_cmd, quantify_cmd, image_cmd,
+                stats_cmd, run_cmd, cluster_cmd, workdir_cmd):
     _module.register(app)
 
 if __name__ == "__main__":  # pragma: no cover

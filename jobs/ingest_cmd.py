@@ -20,7 +20,7 @@ from jobs.options import (
     load_profile_or_exit,
     write_failures_table,
 )
-from jobs.workdir import WorkdirError, lock
+from jobs.workdir import WorkdirError, check_output_dir, lock
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +112,8 @@ def ingest(
         0.0, "--negative-tolerance", metavar="VALUE",
         help="Magnitude images may go this far below 0 before a participant fails (image "
         "units)."),
+    parents: bool = typer.Option(False, "--parents",
+                                 help="Create the missing parent folders of the store."),
 ) -> None:
     """Read NIfTI/DICOM images listed in MANIFEST into a Zarr store, one group per participant.
 
@@ -119,6 +121,11 @@ def ingest(
     unchanged participants are skipped. Exit code 0 when all succeeded, 1 when any participant
     failed (see the failures table), 2 for a bad manifest, 3 when the cluster cannot start.
     """
+    try:
+        store = check_output_dir(store, "--store", parents=parents)
+    except WorkdirError as e:
+        error(str(e))
+        raise typer.Exit(EXIT_BAD_INPUT) from None
     failures = failures or store.parent / "ingest-failures.csv"
     code = run_ingest(manifest, store, cluster=cluster, failures=failures,
                       traceback_dir=traceback_dir, force=force,

@@ -16,8 +16,18 @@ if TYPE_CHECKING:
 LOG_NAME = "run.log.jsonl"
 
 
+def _iso(ts: float) -> str:
+    """ISO 8601 local time with its UTC offset, to the millisecond."""
+    from datetime import datetime
+
+    ms = round(ts * 1000)
+    t = datetime.fromtimestamp(ms // 1000).replace(microsecond=ms % 1000 * 1000)
+    return t.astimezone().isoformat(timespec="milliseconds")
+
+
 class EventLog:
-    """Structured run log: one JSON object per line (``ts``, ``event``, fields).
+    """Structured run log: one JSON object per line (``ts`` epoch seconds, ``time`` the same
+    instant in ISO 8601 with its UTC offset, ``event``, fields).
 
     It also receives ``logging`` records of the ``pipelines``, ``cluster`` and ``jobs``
     loggers at INFO and above (as ``event="log"``), so warnings from stages land in the same
@@ -43,7 +53,8 @@ class EventLog:
                 lg.setLevel(logging.INFO)
 
     def event(self, event: str, **fields: Any) -> None:
-        rec = {"ts": round(time.time(), 3), "event": event, **fields}
+        now = round(time.time(), 3)
+        rec = {"ts": now, "time": _iso(now), "event": event, **fields}
         self._fh.write(json.dumps(rec, default=str) + "\n")
         self._fh.flush()
 

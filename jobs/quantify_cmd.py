@@ -18,7 +18,7 @@ from jobs.options import (
     load_profile_or_exit,
     write_failures_table,
 )
-from jobs.workdir import WorkdirError, lock
+from jobs.workdir import WorkdirError, check_output_dir, lock
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +58,8 @@ def quantify(
         32_000_000, "--max-whole-voxels", help="Largest volume (voxels) quantified whole."),
     write_ff: bool = typer.Option(
         True, "--write-ff/--no-write-ff", help="Store the fat-fraction map 'ff' in each group."),
+    parents: bool = typer.Option(False, "--parents",
+                                 help="Create the missing parent folders of --out."),
     cluster: str | None = cluster_option(None, serial_note=" Default: run in this process, "
                                          "one participant after another."),
 ) -> None:
@@ -112,6 +114,11 @@ def quantify(
     if not ids:
         error(f"store {store} has no participant")
         raise typer.Exit(EXIT_BAD_INPUT)
+    try:
+        out = check_output_dir(out, "--out", parents=parents)
+    except WorkdirError as e:
+        error(str(e))
+        raise typer.Exit(EXIT_BAD_INPUT) from None
     cov = None
     if covariates is not None:
         from schemas.covariates import load_covariates

@@ -100,6 +100,7 @@ def run_pipeline(
     echo: Callable[[str], None] | None = None,
     rebuild_ledger: bool = False,
     prune: bool = False,
+    parents: bool = False,
 ) -> RunResult:
     """Run every stage over the cohort, incrementally.
 
@@ -117,6 +118,7 @@ def run_pipeline(
         attributes (:func:`jobs.workdir.rebuild_ledger`) instead of refused.
     prune : erase participants the manifest no longer lists (store group, parts, ledger
         rows, tracebacks, failure rows), as ``myocohort forget`` does.
+    parents : create the workdir's missing parent folders (default: refuse, naming them).
 
     Raises
     ------
@@ -143,7 +145,7 @@ def run_pipeline(
     workdir = Path(workdir).expanduser().absolute()
     store = workdir / STORE_NAME
     models, model_hash = _resolve_models(stages, manifest, config, store)
-    workdir = check_workdir(workdir)
+    workdir = check_workdir(workdir, parents=parents)
     store = workdir / STORE_NAME
     result = RunResult(workdir=workdir, n_participants=len(manifest))
     version = pipeline_version()
@@ -289,8 +291,11 @@ def _write_failures(workdir: Path, failures: list[Failure]) -> Path:
 
 def _log_refusal(workdir: Path, message: str, **fields: Any) -> None:
     """Record why a run was refused in ``run.log.jsonl`` (when the workdir can hold it)."""
+    wd = Path(workdir).expanduser()
+    if not wd.is_dir() and not wd.parent.is_dir():  # never create missing parents for this
+        return
     try:
-        Path(workdir).mkdir(parents=True, exist_ok=True)
+        wd.mkdir(exist_ok=True)
         with EventLog(Path(workdir) / LOG_NAME) as events:
             events.event("run_refused", message=message, **fields)
     except OSError:  # the workdir itself is unusable: the terminal has the message
@@ -324,6 +329,8 @@ def run(
     prune: bool = typer.Option(False, "--prune",
                                help="Erase participants the manifest no longer lists (store "
                                "group, results, ledger rows), as `myocohort forget` does."),
+    parents: bool = typer.Option(False, "--parents",
+                                 help="Create the workdir's missing parent folders."),
     rebuild_ledger: bool = typer.Option(False, "--rebuild-ledger",
                                         help="Move a damaged ledger aside and rebuild it from "
                                         "the store (segmentations are not redone)."),
@@ -362,7 +369,7 @@ def run(
         raise typer.Exit(EXIT_BAD_INPUT) from None
     try:
         res = run_pipeline(manifest, covariates, workdir, profile=profile, config=cfg,
-                           rebuild_ledger=rebuild_ledger, prune=prune)
+                           rebuild_ledger=rebuild_ledger, prune=prune, parents=parents)
     except WorkdirError as e:  # a file, read-only, in use, damaged ledger: nothing written
         error(str(e))
         raise typer.Exit(EXIT_BAD_INPUT) from None

@@ -71,6 +71,13 @@ def fit(
             raise typer.Exit(EXIT_BAD_INPUT)
         k, v = r.split("=", 1)
         refs[k.strip()] = v.strip()
+    from jobs.workdir import WorkdirError, check_output_file
+
+    try:
+        out = check_output_file(out, "--out")
+    except WorkdirError as e:
+        error(str(e))
+        raise typer.Exit(EXIT_BAD_INPUT) from None
     try:
         spec = ModelSpec(
             outcome=outcome,
@@ -128,8 +135,18 @@ def report(
     import dataclasses
 
     from jobs.stages import FIT_FILE, REPORT, read_fit
+    from jobs.workdir import WorkdirError, check_output_file
 
     cfg = load_config_or_exit(config)
+    if out is not None:
+        try:
+            out = check_output_file(out, "--out")
+        except WorkdirError as e:
+            error(str(e))
+            raise typer.Exit(EXIT_BAD_INPUT) from None
+    if not Path(workdir).is_dir():
+        error(f"{workdir}: not a folder (give the run's workdir)")
+        raise typer.Exit(EXIT_BAD_INPUT)
     spec = cfg.stage("stats")
     if nagq is not None:
         spec = dataclasses.replace(spec, nagq=nagq)

@@ -32,27 +32,55 @@ class WorkdirError(ValueError):
     """The workdir cannot be used as it is; the message says why and what to do."""
 
 
-def check_workdir(workdir: str | Path) -> Path:
+def check_workdir(workdir: str | Path, *, parents: bool = False) -> Path:
     """``workdir`` as an absolute path, created when missing, and writable.
 
     Raises
     ------
     WorkdirError
-        it is a file, a parent of it is a file, it cannot be created, or it is read-only.
+        it is a file, a parent of it is a file or missing (unless ``parents``), it cannot be
+        created, or it is read-only.
     """
-    wd = Path(workdir).expanduser().absolute()
+    return check_output_dir(workdir, "workdir", parents=parents).resolve()
+
+
+def check_output_dir(path: str | Path, what: str, *, parents: bool = False) -> Path:
+    """An output folder (``what`` names it in messages: ``workdir``, ``--out``) as an
+    absolute path, created when missing (its missing parents too only with ``parents``), and
+    writable; one-line :class:`WorkdirError` otherwise, before anything is written."""
+    wd = Path(path).expanduser().absolute()
     if wd.exists() and not wd.is_dir():
-        raise WorkdirError(f"workdir {wd}: is a file, not a folder")
+        raise WorkdirError(f"{what} {wd}: is a file, not a folder")
+    blocker = next((p for p in wd.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise WorkdirError(f"{what} {wd}: {blocker} is a file, not a folder")
+    if not wd.exists() and not wd.parent.exists() and not parents:
+        raise WorkdirError(f"{what} {wd}: its parent folder {wd.parent} does not exist "
+                           "(create it, or pass --parents)")
     try:
-        wd.mkdir(parents=True, exist_ok=True)
-    except (NotADirectoryError, FileExistsError):
-        parent = next((p for p in wd.parents if p.exists() and not p.is_dir()), wd.parent)
-        raise WorkdirError(f"workdir {wd}: {parent} is a file, not a folder") from None
+        wd.mkdir(parents=parents, exist_ok=True)
     except OSError as e:
-        raise WorkdirError(f"workdir {wd}: cannot be created ({e.strerror or e})") from None
+        raise WorkdirError(f"{what} {wd}: cannot be created ({e.strerror or e})") from None
     if not os.access(wd, os.W_OK | os.X_OK):
-        raise WorkdirError(f"workdir {wd}: not writable by this user")
-    return wd.resolve()
+        raise WorkdirError(f"{what} {wd}: not writable by this user")
+    return wd
+
+
+def check_output_file(path: str | Path, what: str) -> Path:
+    """An output file's path (absolute) whose folder exists and is writable; one-line
+    :class:`WorkdirError` otherwise."""
+    out = Path(path).expanduser().absolute()
+    if out.is_dir():
+        raise WorkdirError(f"{what} {out}: is a folder, not a file")
+    blocker = next((p for p in out.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        raise WorkdirError(f"{what} {out}: {blocker} is a file, not a folder")
+    if not out.parent.exists():
+        raise WorkdirError(f"{what} {out}: its folder {out.parent} does not exist")
+    if not os.access(out.parent, os.W_OK | os.X_OK):
+        raise WorkdirError(f"{what} {out}: its folder {out.parent} is not writable by this "
+                           "user")
+    return out
 
 
 def lock(stack: ExitStack, folder: Path, what: str) -> FolderLock:

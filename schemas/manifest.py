@@ -28,7 +28,9 @@ PARTICIPANT_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 class ManifestError(ValueError):
     """A manifest (or covariates) file breaks its contract.  The message names the file, the
-    row, the column and the value."""
+    row, the column and the value; ``problems`` lists every problem when more were found."""
+
+    problems: list[str] = []
 
 
 def check_participant_id(value: str) -> str:
@@ -138,20 +140,35 @@ def load_manifest(path: str | Path) -> Manifest:
     Raises
     ------
     ManifestError
-        naming the file, row, column and value of the first problem found.
+        naming the file, row, column and value of the first problem found; its
+        ``problems`` holds every problem (as :func:`check_manifest` finds them).
     """
+    manifest, problems = check_manifest(path)
+    if problems:
+        err = ManifestError(problems[0] if len(problems) == 1 else
+                            f"{problems[0]}\n(and {len(problems) - 1} more problem(s): "
+                            "`myocohort validate` lists them all)")
+        err.problems = problems
+        raise err
+    return manifest
+
+
+def check_manifest(path: str | Path) -> tuple[Manifest, list[str]]:
+    """Read a manifest and find every problem in it: (the manifest of the participants
+    without problems, each problem as a message naming file, row, column and value)."""
     path = Path(path).resolve()
     try:
         df = read_table(path, "manifest")
     except ValueError as e:
-        raise ManifestError(str(e)) from e
+        return Manifest(path), [str(e)]
     missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
     if missing:
-        raise ManifestError(
-            f"manifest {path}: missing column(s) {missing}; required: {list(MANIFEST_COLUMNS)}"
-        )
+        return Manifest(path), [
+            f"manifest {path}: missing column(s) {missing}; required: {list(MANIFEST_COLUMNS)}"]
     if len(df) == 0:
-        raise ManifestError(f"manifest {path}: no rows")
+        return Manifest(path), [f"manifest {path}: no rows"]
+    problems: list[str] = []
+    bad: set[str] = set()
     base = path.parent
     by_pid: dict[str, list[ImageRef]] = {}
     sites: dict[str, str] = {}
@@ -160,64 +177,87 @@ def load_manifest(path: str | Path) -> Manifest:
     has_map_col = "label_map" in df.columns
     for i, row in enumerate(df.itertuples(index=False)):
         rec = row._asdict()
-        for col in MANIFEST_COLUMNS:
-            if is_missing(rec[col]):
-                raise _fail(path, i, col, rec[col], "is empty")
-        pid = str(rec["participant_id"]).strip()
-        if not PARTICIPANT_ID_RE.match(pid):
-            raise _fail(path, i, "participant_id", pid, "must be 1-64 letters, digits, '-' or '_'")
-        site = str(rec["site"]).strip()
-        raw_station = rec["station"]
         try:
-            as_float = float(str(raw_station).strip())
-            if not as_float.is_integer():
-                raise ValueError
-            station = int(as_float)
-        except (ValueError, OverflowError):
-            raise _fail(path, i, "station", raw_station, "is not an integer") from None
-        if station < 0:
-            raise _fail(path, i, "station", raw_station, "must be >= 0")
-        channel = str(rec["channel"]).strip()
-        if channel not in CHANNELS:
-            raise _fail(path, i, "channel", channel, f"must be one of {list(CHANNELS)}")
-        key = (pid, station, channel)
-        if key in seen:
-            raise _fail(
-                path, i, "channel", channel,
-                f"duplicate (participant {pid}, station {station}, channel {channel}); "
-                f"first given at {row_label(path, seen[key])}",
-            )
-        seen[key] = i
-        if pid in sites and sites[pid] != site:
-            raise _fail(path, i, "site", site, f"participant {pid} was given site {sites[pid]!r} before")
-        sites[pid] = site
-        img = Path(str(rec["path"]).strip())
-        if not img.is_absolute():
-            img = base / img
-        lm = None
-        spec = rec.get("label_map") if has_map_col else None
-        if not is_missing(spec):
-            if channel != "labels":
-                raise _fail(path, i, "label_map", spec, "only 'labels' rows take a label map")
-        if channel == "labels":
-            key_spec = "" if is_missing(spec) else str(spec).strip()
-            if key_spec not in label_maps:
-                try:
-                    label_maps[key_spec] = resolve_label_map(key_spec, base)
-                except ValueError as e:
-                    raise _fail(path, i, "label_map", spec, str(e)) from e
-            lm = label_maps[key_spec]
-        by_pid.setdefault(pid, []).append(ImageRef(pid, station, channel, img, lm))
+            pid, ref = _row(path, base, i, rec, has_map_col, sites, seen, label_maps)
+        except ManifestError as e:
+            problems.append(str(e))
+            raw = rec.get("participant_id")
+            if not is_missing(raw):
+                bad.add(str(raw).strip())
+            continue
+        by_pid.setdefault(pid, []).append(ref)
     participants = []
     for pid, refs in by_pid.items():
+        missing_here = False
         for station in sorted({r.station for r in refs}):
             have = {r.channel for r in refs if r.station == station}
             for req in REQUIRED_CHANNELS:
-                if req not in have:
-                    raise ManifestError(
+                if req not in have and pid not in bad:
+                    problems.append(
                         f"manifest {path}: participant {pid}, station {station}: "
-                        f"no {req!r} row (water and fat are required for every station)"
-                    )
+                        f"no {req!r} row (water and fat are required for every station)")
+                    missing_here = True
+        if missing_here or pid in bad:
+            continue
         refs.sort(key=lambda r: (r.station, CHANNELS.index(r.channel)))
         participants.append(ParticipantImages(pid, sites[pid], tuple(refs)))
-    return Manifest(path, tuple(participants))
+    return Manifest(path, tuple(participants)), problems
+
+
+def _row(path: Path, base: Path, i: int, rec: dict, has_map_col: bool, sites: dict,
+         seen: dict, label_maps: dict) -> tuple[str, ImageRef]:
+    """One manifest row checked: (participant id, its image).
+
+    Raises
+    ------
+    ManifestError
+        naming the row, column and value.
+    """
+    for col in MANIFEST_COLUMNS:
+        if is_missing(rec[col]):
+            raise _fail(path, i, col, rec[col], "is empty")
+    pid = str(rec["participant_id"]).strip()
+    if not PARTICIPANT_ID_RE.match(pid):
+        raise _fail(path, i, "participant_id", pid, "must be 1-64 letters, digits, '-' or '_'")
+    site = str(rec["site"]).strip()
+    raw_station = rec["station"]
+    try:
+        as_float = float(str(raw_station).strip())
+        if not as_float.is_integer():
+            raise ValueError
+        station = int(as_float)
+    except (ValueError, OverflowError):
+        raise _fail(path, i, "station", raw_station, "is not an integer") from None
+    if station < 0:
+        raise _fail(path, i, "station", raw_station, "must be >= 0")
+    channel = str(rec["channel"]).strip()
+    if channel not in CHANNELS:
+        raise _fail(path, i, "channel", channel, f"must be one of {list(CHANNELS)}")
+    key = (pid, station, channel)
+    if key in seen:
+        raise _fail(
+            path, i, "channel", channel,
+            f"duplicate (participant {pid}, station {station}, channel {channel}); "
+            f"first given at {row_label(path, seen[key])}",
+        )
+    seen[key] = i
+    if pid in sites and sites[pid] != site:
+        raise _fail(path, i, "site", site, f"participant {pid} was given site {sites[pid]!r} before")
+    sites[pid] = site
+    img = Path(str(rec["path"]).strip())
+    if not img.is_absolute():
+        img = base / img
+    lm = None
+    spec = rec.get("label_map") if has_map_col else None
+    if not is_missing(spec):
+        if channel != "labels":
+            raise _fail(path, i, "label_map", spec, "only 'labels' rows take a label map")
+    if channel == "labels":
+        key_spec = "" if is_missing(spec) else str(spec).strip()
+        if key_spec not in label_maps:
+            try:
+                label_maps[key_spec] = resolve_label_map(key_spec, base)
+            except ValueError as e:
+                raise _fail(path, i, "label_map", spec, str(e)) from e
+        lm = label_maps[key_spec]
+    return pid, ImageRef(pid, station, channel, img, lm)

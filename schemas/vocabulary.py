@@ -10,6 +10,7 @@ these names with a :class:`LabelMap` (a CSV ``value,name``); presets for TotalSe
 from __future__ import annotations
 
 import csv
+import difflib
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -157,7 +158,8 @@ def read_label_map(path: str | Path) -> LabelMap:
 def load_preset(name: str) -> LabelMap:
     """A shipped preset by name (see :data:`PRESET_NAMES`)."""
     if name not in PRESET_NAMES:
-        raise ValueError(f"unknown label-map preset {name!r}; choose one of {PRESET_NAMES}")
+        raise ValueError(f"unknown label-map preset {name!r}; presets: "
+                         f"{', '.join(PRESET_NAMES)}")
     return read_label_map(PRESETS_DIR / f"{name}.csv")
 
 
@@ -172,4 +174,9 @@ def resolve_label_map(spec: str | Path | None, base_dir: Path | None = None) -> 
     p = Path(s)
     if not p.is_absolute() and base_dir is not None:
         p = base_dir / p
+    if not p.exists() and p.suffix.lower() != ".csv" and "/" not in s:
+        close = difflib.get_close_matches(s, PRESET_NAMES, n=1)
+        raise ValueError(f"label map {s!r}: neither a preset nor a file ({p} not found); "
+                         + (f"did you mean {close[0]!r}? " if close else "")
+                         + f"presets: {', '.join(PRESET_NAMES)}")
     return read_label_map(p)

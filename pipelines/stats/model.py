@@ -375,8 +375,8 @@ def _scaling_of(c: str, x: np.ndarray, given: Mapping | None) -> dict | None:
             "over": "this model's complete rows"}
 
 
-def build_design(table, spec: ModelSpec, *, scaling: Mapping[str, Mapping] | None = None
-                 ) -> Design:
+def build_design(table, spec: ModelSpec, *, scaling: Mapping[str, Mapping] | None = None,
+                 quiet: bool = False) -> Design:
     """Design matrix of ``spec`` on ``table`` (rows with a missing value dropped, counted).
 
     Parameters
@@ -386,6 +386,8 @@ def build_design(table, spec: ModelSpec, *, scaling: Mapping[str, Mapping] | Non
     scaling : mapping, optional
         Exposure -> ``{"mean", "sd", ...}`` to standardise with instead of the mean and SD of
         the model's own rows (a stratum standardised like the whole cohort).
+    quiet : bool
+        Log nothing (a second design of the same model: its warnings are logged once).
 
     Returns
     -------
@@ -442,8 +444,10 @@ def build_design(table, spec: ModelSpec, *, scaling: Mapping[str, Mapping] | Non
             levels = sorted(text.unique())
             ref = refs_given.get(c)
             if ref is None or ref not in levels:
-                if ref is not None:
-                    log.warning("reference level %r of %r absent; using %r", ref, c, levels[0])
+                if ref is not None and not quiet:
+                    log.warning("model %s ~ %s: reference level %r of %r absent in its rows; "
+                                "using %r", spec.outcome, " + ".join(spec.exposures), ref, c,
+                                levels[0])
                 ref = levels[0]
             references[c] = ref
             if len(levels) == 1:
@@ -657,7 +661,7 @@ def cohort_scaling(table, spec: ModelSpec) -> dict:
     """The exposures' standardisation over the analysed cohort (the complete rows of
     ``spec``, as in its fit), to reuse in models of subsets so that every OR is per 2
     cohort-SDs.  Raises ValueError as :func:`build_design`."""
-    d = build_design(table, spec)
+    d = build_design(table, spec, quiet=True)  # the fit that follows logs its warnings
     n = len(d.y)
     return {c: {**v, "over": f"the analysed cohort ({n} complete rows of the main model)"}
             for c, v in d.exposure_scaling.items()}

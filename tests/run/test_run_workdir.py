@@ -156,7 +156,7 @@ def test_forget_erases_every_trace_and_rebuilds_the_results(tmp_path, local_prof
     events = [json.loads(x) for x in (wd / "run.log.jsonl").read_text().splitlines()]
     gone = [e for e in events if e["event"] == "participant_forgotten"]
     assert {e["participant_id"] for e in gone} == {"P0001", "P0003"}
-    assert all(set(e) <= {"ts", "event", "participant_id", "reason"} for e in gone)
+    assert all(set(e) <= {"ts", "time", "event", "participant_id", "reason"} for e in gone)
     # the store, not the manifest, decides what exists: forgetting twice is harmless
     res = CliRunner().invoke(app, ["forget", "P0001", "--workdir", str(wd)])
     assert res.exit_code == 0, res.output

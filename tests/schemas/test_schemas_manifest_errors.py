@@ -182,4 +182,5 @@ def test_validate_reports_covariates_rows_without_participant(tmp_path):
     c.write_text("participant_id,age\nP1,50\nP9,60\n")
     res = CliRunner().invoke(app, ["validate", str(m), "--covariates", str(c)])
     assert res.exit_code == 0, res.output
-    assert "1 covariates rows name no manifest participant (first: P9)" in res.output
+    assert "1 covariates row(s) name no manifest participant (a run leaves them out): P9" \
+        in res.output
