@@ -130,10 +130,31 @@ def scheduler_config() -> Iterator[None]:
         yield
 
 
+#: What ``tls.enabled: false`` costs on a machine shared with other users (``local``,
+#: ``local-cuda``): said in the render and logged when such a cluster starts.
+PLAIN_LOCAL_RISK = ("any user of this machine can connect to the scheduler on 127.0.0.1 and "
+                    "run code on its workers as you")
+
+
+def tls_summary(profile: Profile) -> str:
+    """How a cluster started in this process is secured, in one line of its render."""
+    if not profile.tls_enabled:
+        return f"off (tls.enabled: false): {PLAIN_LOCAL_RISK}"
+    if profile.tls.has_files:
+        return f"on: mutual TLS with CA {profile.tls.ca_file} and certificate {profile.tls.cert}"
+    return ("on: mutual TLS with a CA and certificate made for this run (only this process "
+            "and its workers hold the key)")
+
+
 def serve_in_process_cluster(make_cluster, kwargs: dict, profile) -> Iterator:
     """Start a cluster that lives in this process (``LocalCluster``, ``LocalCUDACluster``) with
     the profile's TLS, yield a client, and close both quietly (busy workers are killed on
-    shutdown and would otherwise log noisy tracebacks over the real outcome)."""
+    shutdown and would otherwise log noisy tracebacks over the real outcome).
+
+    With TLS (the default) the scheduler, nannies and workers accept only peers that present a
+    certificate signed by this run's CA, whose key never leaves this process and its worker
+    processes: other users of the machine cannot connect, although every port is on 127.0.0.1.
+    """
     from distributed import Client
 
     from cluster.security import make_security
@@ -141,6 +162,8 @@ def serve_in_process_cluster(make_cluster, kwargs: dict, profile) -> Iterator:
     security = make_security(profile)
     if security is not None:
         kwargs = {**kwargs, "security": security, "protocol": "tls://"}
+    else:
+        log.warning("profile %s: TLS is off: %s", profile.name, PLAIN_LOCAL_RISK)
     with scheduler_config():
         cluster = make_cluster(**kwargs)
     client = None

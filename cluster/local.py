@@ -8,7 +8,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from cluster.base import ClusterBackend, quiet_distributed_logs, serve_in_process_cluster
+from cluster.base import (
+    ClusterBackend,
+    quiet_distributed_logs,
+    serve_in_process_cluster,
+    tls_summary,
+)
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -17,7 +22,9 @@ log = logging.getLogger(__name__)
 
 
 class LocalBackend(ClusterBackend):
-    """Worker processes on this machine (one per core by default); no TLS unless asked."""
+    """Worker processes on this machine (one per core by default), behind mutual TLS with
+    temporary certificates unless the profile turns it off: every port listens on 127.0.0.1,
+    and TLS is what keeps the machine's other users from running code on the workers."""
 
     name: ClassVar[str] = "local"
     description: ClassVar[str] = "distributed.LocalCluster on this machine (default)"
@@ -45,7 +52,7 @@ class LocalBackend(ClusterBackend):
 
     def render(self) -> str:
         kwargs = {k: v for k, v in self.cluster_kwargs().items() if v is not None}
-        kwargs["tls"] = "on" if self.profile.tls_enabled else "off"
+        kwargs["tls"] = tls_summary(self.profile)
         return "# distributed.LocalCluster(**kwargs)\n" + json.dumps(kwargs, indent=2) + "\n"
 
     @contextmanager

@@ -14,6 +14,7 @@ from cluster.base import (
     ClusterUnavailable,
     quiet_distributed_logs,
     serve_in_process_cluster,
+    tls_summary,
 )
 
 if TYPE_CHECKING:
@@ -69,7 +70,7 @@ class LocalCUDABackend(ClusterBackend):
 
     def render(self) -> str:
         kwargs = dict(self.cluster_kwargs())
-        kwargs["tls"] = "on" if self.profile.tls_enabled else "off"
+        kwargs["tls"] = tls_summary(self.profile)
         return ("# dask_cuda.LocalCUDACluster(**kwargs), one worker per visible GPU\n"
                 + json.dumps(kwargs, indent=2) + "\n")
 

@@ -9,6 +9,8 @@ and passed down as a frozen :class:`Profile`; nothing here starts a cluster.
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,13 +29,52 @@ def _frozen(d: dict[str, Any] | None) -> tuple[tuple[str, Any], ...]:
     return tuple(sorted((d or {}).items()))
 
 
+_VARIABLE = re.compile(r"\$(?:\{([^}]*)\}|(\w+))")
+
+
+def expand_path(value: str | None, key: str) -> str | None:
+    """``$VAR``, ``${VAR}`` and ``~`` expanded in a path of a profile, as a shell would.
+
+    A profile is read once, where the run starts, so its paths mean what they mean there
+    (without this, ``~/.myocohort-tls`` was a folder named ``~`` in the current directory).
+
+    Raises
+    ------
+    ProfileError
+        naming the key when a variable is not set or ``~`` cannot be expanded: a path with a
+        literal ``$SCRATCH`` or ``~`` in it is never what was meant.
+    """
+    if value is None:
+        return None
+
+    def variable(m: re.Match) -> str:
+        name = m.group(1) if m.group(1) is not None else m.group(2)
+        if name not in os.environ:
+            raise ProfileError(f"{key} {value!r}: environment variable ${name} is not set")
+        return os.environ[name]
+
+    out = os.path.expanduser(_VARIABLE.sub(variable, value))
+    if out.startswith("~"):
+        raise ProfileError(f"{key} {value!r}: cannot expand {out.split('/', 1)[0]!r} (no such "
+                           "user, or HOME is not set)")
+    return out
+
+
+def _expand_paths(obj: Any, keys: tuple[str, ...], section: str) -> None:
+    """Expand the path fields ``keys`` of a frozen dataclass in place (from __post_init__)."""
+    for key in keys:
+        object.__setattr__(obj, key, expand_path(getattr(obj, key), f"{section}.{key}"))
+
+
 @dataclass(frozen=True)
 class TLSOptions:
-    """Scheduler-worker encryption.
+    """Scheduler-worker-client encryption and authentication (mutual TLS).
 
-    ``enabled=None`` means the backend default: on everywhere except ``local``.  Without
+    ``enabled=None`` means the backend default: on for every backend that starts a cluster
+    (``local`` included: its scheduler listens on 127.0.0.1, which every local user can reach),
+    and for ``tcp`` when the address is ``tls://`` or certificates are given.  Without
     ``ca_file``/``cert``/``key`` a temporary self-signed CA and certificate are made per run
-    (``distributed.security.Security.temporary``).
+    (``distributed.security.Security.temporary``).  Paths expand ``~`` and ``$VAR``.
     """
 
     enabled: bool | None = None
@@ -42,6 +83,7 @@ class TLSOptions:
     key: str | None = None
 
     def __post_init__(self) -> None:
+        _expand_paths(self, ("ca_file", "cert", "key"), "tls")
         given = [x is not None for x in (self.ca_file, self.cert, self.key)]
         if any(given) and not all(given):
             raise ProfileError("tls: give all of ca_file, cert and key, or none of them")
@@ -75,6 +117,8 @@ class SlurmOptions:
     interface: str | None = None
 
     def __post_init__(self) -> None:
+        _expand_paths(self, ("python", "local_directory", "shared_temp_directory",
+                             "log_directory"), "slurm")
         for name in ("cores", "processes", "max_jobs"):
             if getattr(self, name) < 1:
                 raise ProfileError(f"slurm.{name}: must be >= 1, got {getattr(self, name)}")
@@ -164,15 +208,36 @@ class Profile:
         if self.max_in_flight is not None and self.max_in_flight < 1:
             raise ProfileError(f"profile {self.name!r}: max_in_flight must be >= 1")
         if self.backend == "tcp":
-            if not self.address or "://" not in self.address:
-                raise ProfileError(f"profile {self.name!r}: backend tcp needs address "
-                                   "'tcp://host:port' or 'tls://host:port'")
-            if self.address.startswith("tls://") and not self.tls.has_files:
-                raise ProfileError(f"profile {self.name!r}: {self.address} needs tls.ca_file, "
-                                   "tls.cert and tls.key (the scheduler's certificates)")
+            self._check_tcp_tls()
+        if (self.backend == "kubernetes" and self.tls_enabled and self.kubernetes.tls_secret
+                and not self.tls.has_files):
+            raise ProfileError(
+                f"profile {self.name!r}: kubernetes.tls_secret {self.kubernetes.tls_secret!r} "
+                "holds certificates this process does not have: give the same files as "
+                "tls.ca_file, tls.cert and tls.key (the client authenticates with them)")
         if self.backend == "local-cuda" and self.n_workers is not None:
             raise ProfileError(f"profile {self.name!r}: local-cuda starts one worker per GPU; "
                                "remove n_workers (select GPUs with CUDA_VISIBLE_DEVICES)")
+
+    def _check_tcp_tls(self) -> None:
+        """A scheduler someone else started is reached with TLS exactly when the profile says
+        so, and then only with the profile's certificates: temporary ones cannot be trusted by
+        a scheduler that never saw them, and falling back to plain TCP would be silent."""
+        if not self.address or "://" not in self.address:
+            raise ProfileError(f"profile {self.name!r}: backend tcp needs address "
+                               "'tcp://host:port' or 'tls://host:port'")
+        scheme = self.address.split("://", 1)[0]
+        if scheme not in ("tcp", "tls"):
+            raise ProfileError(f"profile {self.name!r}: address {self.address!r}: scheme "
+                               f"{scheme!r}; valid: tcp://host:port, tls://host:port")
+        if scheme == "tls" and self.tls.enabled is False:
+            raise ProfileError(f"profile {self.name!r}: address {self.address} is TLS but "
+                               "tls.enabled is false")
+        if self.tls_enabled and not self.tls.has_files:
+            why = (f"address {self.address}" if scheme == "tls" else "tls.enabled is true")
+            raise ProfileError(
+                f"profile {self.name!r}: {why}, so it needs tls.ca_file, tls.cert and tls.key: "
+                "the scheduler's CA and a client certificate and key that it trusts")
 
     @property
     def resources(self) -> dict[str, float]:
@@ -180,12 +245,12 @@ class Profile:
 
     @property
     def tls_enabled(self) -> bool:
-        """TLS is on for every backend except ``local`` unless the profile says otherwise."""
+        """Whether scheduler, workers and client speak TLS (see :class:`TLSOptions`)."""
         if self.tls.enabled is not None:
             return self.tls.enabled
         if self.backend == "tcp":
-            return self.address is not None and self.address.startswith("tls://")
-        return self.backend != "local" or self.tls.has_files
+            return self.tls.has_files or (self.address or "").startswith("tls://")
+        return True
 
 
 _SECTIONS = {"tls": TLSOptions, "slurm": SlurmOptions, "kubernetes": KubernetesOptions}

@@ -3,22 +3,25 @@
 Each SLURM job runs ``processes`` Dask workers (``cores``/``memory`` shared between them);
 GPU jobs (``gpus_per_job > 0``) ask for ``--gres=gpu:N`` and run ``dask cuda worker``, which
 starts one worker per GPU, each advertising ``GPU=1``.  Scheduler-worker traffic is TLS:
-temporary certificates are written (mode 0600) into ``shared_temp_directory``, which the
-compute nodes must see.
+temporary certificates are written (mode 0600) into a private folder made for the run (mode
+0700) inside ``shared_temp_directory``, which the compute nodes must see, and removed with it
+when the run ends.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from cluster.base import ClusterBackend, ClusterUnavailable, close_quietly, scheduler_config
-from cluster.security import make_security
+from cluster.security import files_security, make_security
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -27,6 +30,8 @@ log = logging.getLogger(__name__)
 
 #: how long to wait for the first SLURM job's workers before giving up, s
 FIRST_WORKER_TIMEOUT_S = 300.0
+#: name prefix of the per-run certificate folder in ``slurm.shared_temp_directory``
+CERT_FOLDER_PREFIX = "myocohort-tls-"
 
 
 class SlurmBackend(ClusterBackend):
@@ -38,8 +43,10 @@ class SlurmBackend(ClusterBackend):
 
     @property
     def shared_temp_directory(self) -> str:
+        """Where the run's certificate folder is made: the profile's (``~`` and ``$VAR``
+        already expanded) or ``./.myocohort-slurm``, as an absolute path for the job script."""
         o = self.profile.slurm
-        return o.shared_temp_directory or str(Path.cwd() / ".myocohort-slurm")
+        return str(Path(o.shared_temp_directory or ".myocohort-slurm").absolute())
 
     def job_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``SLURMCluster``/``SLURMJob`` (no scheduler options)."""
@@ -84,8 +91,8 @@ class SlurmBackend(ClusterBackend):
             return None
         tls = self.profile.tls
         if tls.has_files:
-            return make_security(self.profile)
-        d = self.shared_temp_directory
+            return files_security(self.profile)
+        d = f"{self.shared_temp_directory}/{CERT_FOLDER_PREFIX}XXXX"
         return Security(
             tls_ca_file=f"{d}/.dask-jobqueue.worker.ca_file.XXXX",
             tls_worker_cert=f"{d}/.dask-jobqueue.worker.cert.XXXX",
@@ -110,8 +117,9 @@ class SlurmBackend(ClusterBackend):
         header = (f"# myocohort profile {self.profile.name!r}: adaptive between {o.min_jobs} "
                   f"and {o.max_jobs} job(s); TLS {'on' if security is not None else 'off'}")
         if security is not None and not self.profile.tls.has_files:
-            header += (f"\n# temporary certificates are written to {self.shared_temp_directory} "
-                       "when the run starts (XXXX = random suffix)")
+            header += (f"\n# temporary certificates are written (0600) into a private folder "
+                       f"{self.shared_temp_directory}/{CERT_FOLDER_PREFIX}XXXX (0700) when the "
+                       "run starts, and removed when it ends (XXXX = random suffix)")
         lines = script.splitlines()
         if lines and lines[0].startswith("#!"):
             return "\n".join([lines[0], header, *lines[1:]]) + "\n"
@@ -119,8 +127,6 @@ class SlurmBackend(ClusterBackend):
 
     @contextmanager
     def client(self) -> Iterator[Client]:
-        import shutil
-
         if shutil.which("sbatch") is None:
             raise ClusterUnavailable("cluster profile 'slurm': sbatch is not on PATH; run on a "
                                      "SLURM login node, or use --cluster local")
@@ -130,16 +136,17 @@ class SlurmBackend(ClusterBackend):
         o = self.profile.slurm
         security = make_security(self.profile)
         kwargs = self.job_kwargs()
-        if security is not None:
-            tmp = Path(self.shared_temp_directory)
-            tmp.mkdir(parents=True, exist_ok=True)
-            os.chmod(tmp, 0o700)
-            kwargs.update(security=security, protocol="tls://", shared_temp_directory=str(tmp))
-        scheduler_options = {"dashboard_address": self.profile.dashboard_address}
-        with scheduler_config():  # (the scheduler runs in this process)
-            cluster = SLURMCluster(scheduler_options=scheduler_options, **kwargs)
-        client = None
+        certs = None
+        cluster = client = None
         try:
+            if security is not None:
+                if not self.profile.tls.has_files:
+                    certs = self._certificate_folder()
+                    kwargs["shared_temp_directory"] = certs
+                kwargs.update(security=security, protocol="tls://")
+            scheduler_options = {"dashboard_address": self.profile.dashboard_address}
+            with scheduler_config():  # (the scheduler runs in this process)
+                cluster = SLURMCluster(scheduler_options=scheduler_options, **kwargs)
             workers_per_job = max(1, o.gpus_per_job or o.processes)
             # keep at least one job: GPU routing checks the workers' resources before submitting
             cluster.adapt(minimum_jobs=max(1, o.min_jobs), maximum_jobs=o.max_jobs)
@@ -156,3 +163,31 @@ class SlurmBackend(ClusterBackend):
             yield client
         finally:
             close_quietly(client, cluster)
+            if certs is not None:
+                _remove_certificates(cluster, certs)
+
+    def _certificate_folder(self) -> str:
+        """A new private folder (0700) for this run's certificates inside
+        :attr:`shared_temp_directory`, which is made (0700) when missing and otherwise left as
+        it is (it may be a shared scratch folder or the home directory)."""
+        base = Path(self.shared_temp_directory)
+        try:
+            base.mkdir(mode=0o700, parents=True, exist_ok=True)
+            return tempfile.mkdtemp(prefix=CERT_FOLDER_PREFIX, dir=base)
+        except OSError as e:
+            raise ClusterUnavailable(f"slurm: cannot make a folder for the TLS certificates in "
+                                     f"slurm.shared_temp_directory {base} ({e})") from e
+
+
+def _remove_certificates(cluster: Any, folder: str) -> None:
+    """Delete the run's certificate folder.  dask-jobqueue keeps each certificate file open
+    as a ``NamedTemporaryFile`` on the cluster object, deleted when that is garbage collected;
+    closing them first deletes them now (and keeps their finalizers from complaining later)."""
+    for value in list(vars(cluster).values()) if cluster is not None else []:
+        name = getattr(value, "name", None)
+        if isinstance(name, str) and name.startswith(folder + os.sep) and hasattr(value, "close"):
+            try:
+                value.close()
+            except OSError:
+                log.debug("closing %s failed", name, exc_info=True)
+    shutil.rmtree(folder, ignore_errors=True)

@@ -126,7 +126,7 @@ def fake_kube_operator(monkeypatch):
         def __init__(self, custom_cluster_spec, namespace, shutdown_on_close):
             record["spec"] = custom_cluster_spec
             container = custom_cluster_spec["spec"]["scheduler"]["spec"]["containers"][0]
-            env = {e["name"]: e["value"] for e in container.get("env") or []}
+            env = {e["name"]: e["value"] for e in container.get("env") or [] if "value" in e}
             tls = env.get("DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION") == "True"
             # the pod's own settings; its TLS paths point into the Secret mount, not here
             pod = dask.config.collect_env({k: v for k, v in env.items() if "__COMM__" not in k})

@@ -181,6 +181,23 @@ class BackendContract:
             workers = client.scheduler_info(n_workers=-1)["workers"]
             assert workers and all(a.startswith(want) for a in workers), list(workers)
 
+    def test_secure_by_default(self, startable):
+        """A cluster we start with the backend's defaults speaks mutual TLS: a peer without
+        the run's certificates, or with certificates of its own, cannot connect."""
+        from distributed.security import Security
+        from peers import identity
+
+        if not self.starts_cluster:
+            pytest.skip(f"{self.name!r} connects to a scheduler someone else secured")
+        assert startable.tls.enabled is None and startable.tls_enabled  # the default
+        with backend_for(startable).client() as client:
+            hostport = client.scheduler.address.split("://", 1)[1]
+            with pytest.raises(OSError):
+                identity(f"tcp://{hostport}")
+            with pytest.raises(OSError):
+                identity(f"tls://{hostport}", Security.temporary())
+            assert client.submit(sum, [1, 1]).result(timeout=60) == 2
+
     def test_client_and_cluster_closed_on_exit(self, startable):
         with backend_for(startable).client() as client:
             pids = set(client.run(os.getpid).values())

@@ -31,7 +31,7 @@ def test_builtin_profiles_load(name):
     p = load_profile(name)
     assert p.backend == name and p.name == name
     assert p.dashboard_address.startswith("127.0.0.1:")
-    assert p.tls_enabled is (name != "local")
+    assert p.tls_enabled  # local too: its 127.0.0.1 is every local user's
 
 
 def test_load_profile_from_file_and_address(tmp_path):
@@ -113,6 +113,11 @@ def k8s_manifest(**k) -> dict:
     return doc
 
 
+def env_values(container: dict) -> dict[str, str]:
+    """A container's literal environment (entries with ``valueFrom`` left out)."""
+    return {e["name"]: e["value"] for e in container.get("env") or [] if "value" in e}
+
+
 def test_kubernetes_manifest_gpu_resources_selectors_tolerations():
     doc = k8s_manifest(image="reg.example/myocohort:1.2", gpus=2, cpu="8", memory="32Gi",
                        node_selector={"gpu": "a100"}, namespace="imaging",
@@ -125,25 +130,25 @@ def test_kubernetes_manifest_gpu_resources_selectors_tolerations():
     pod = worker["spec"]
     c = pod["containers"][0]
     assert c["image"] == "reg.example/myocohort:1.2"
-    assert c["resources"]["limits"] == {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": 2}
+    assert c["resources"]["limits"] == {"cpu": "8", "memory": "32Gi", "nvidia.com/gpu": "2"}
     assert c["args"][:3] == ["dask", "cuda", "worker"]
     assert c["args"][c["args"].index("--resources") + 1] == "GPU=1"
     assert pod["nodeSelector"] == {"gpu": "a100"}
     assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
     sched = doc["spec"]["scheduler"]["spec"]
-    assert sched["nodeSelector"] == {"gpu": "a100"}
+    # the scheduler needs no GPU: it must not hold (or wait for) a GPU node
+    assert "nodeSelector" not in sched and "tolerations" not in sched
+    assert all("nvidia.com/gpu" not in str(c["resources"]) for c in sched["containers"])
 
 
-def test_kubernetes_manifest_tls_secret_and_localhost_dashboard():
+def test_kubernetes_manifest_tls_secret():
     doc = k8s_manifest()
     for part in ("worker", "scheduler"):
         pod = doc["spec"][part]["spec"]
         assert pod["volumes"][0]["secret"]["secretName"] == "myocohort-tls"
-        env = {e["name"]: e["value"] for e in pod["containers"][0]["env"]}
+        env = env_values(pod["containers"][0])
         assert env["DASK_DISTRIBUTED__COMM__REQUIRE_ENCRYPTION"] == "True"
         assert env["DASK_DISTRIBUTED__COMM__TLS__CA_FILE"].endswith("ca.pem")
-    args = doc["spec"]["scheduler"]["spec"]["containers"][0]["args"]
-    assert args[args.index("--dashboard-address") + 1].startswith("127.0.0.1:")
     cpu = k8s_manifest(gpus=0)["spec"]["worker"]["spec"]["containers"][0]
     assert "nvidia.com/gpu" not in cpu["resources"]["limits"] and "cuda" not in cpu["args"]
 
@@ -153,8 +158,7 @@ def test_kubernetes_scheduler_holds_one_participant_per_worker_thread():
     an environment variable Dask's config reads back to the same setting."""
     import dask
 
-    env = {e["name"]: e["value"]
-           for e in k8s_manifest()["spec"]["scheduler"]["spec"]["containers"][0]["env"]}
+    env = env_values(k8s_manifest()["spec"]["scheduler"]["spec"]["containers"][0])
     value = env["DASK_DISTRIBUTED__SCHEDULER__WORKER_SATURATION"]
     got = dask.config.collect_env({"DASK_DISTRIBUTED__SCHEDULER__WORKER_SATURATION": value})
     assert dask.config.get("distributed.scheduler.worker-saturation", config=got) == 1.0

@@ -72,3 +72,30 @@ def test_myocohort_run_cluster_slurm_real_stages(slurm_cluster, tmp_path):
     assert set(fails.stage) <= {"fit"}, fails.to_dict("records")
     assert len(pd.read_parquet(wd / "tables" / "participant_metrics.parquet")) == 2
     assert list((tmp_path / "slurm-logs").glob("*.err"))
+
+
+def test_slurm_certificates_under_home_as_documented(slurm_cluster, slurm_profile, tmp_path,
+                                                     monkeypatch):
+    """docs/run.md's ``shared_temp_directory: ~/.myocohort-tls``: certificates go into a
+    private folder under the real home (not a folder named ``~`` here), the workers find them,
+    and the folder is gone when the run ends."""
+    import os
+    import stat
+
+    from cluster import backend_for
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(tmp_path)
+    profile = slurm_profile(shared_temp_directory="~/.myocohort-tls")
+    base = home / ".myocohort-tls"
+    assert profile.slurm.shared_temp_directory == str(base)
+    with backend_for(profile).client() as client:
+        assert client.scheduler.address.startswith("tls://")
+        assert client.submit(os.getpid).result(timeout=120) != os.getpid()
+        (folder,) = base.iterdir()
+        assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+        assert sorted(p.name.split(".")[3] for p in folder.iterdir()) == ["ca_file", "cert", "key"]
+        assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in folder.iterdir())
+    assert list(base.iterdir()) == []
+    assert not (tmp_path / "~").exists()
