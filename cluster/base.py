@@ -146,6 +146,34 @@ def tls_summary(profile: Profile) -> str:
             "and its workers hold the key)")
 
 
+def free_dashboard_address(address: str) -> str:
+    """``address`` (``host:port``) when its port is free; otherwise the same host with a free
+    port, and one warning line that says which port is taken and which one is used (instead
+    of distributed's "Perhaps you already have a cluster running?")."""
+    import socket
+
+    host, _, port_text = str(address).rpartition(":")
+    try:
+        port = int(port_text)
+    except ValueError:
+        return address
+    if port == 0:
+        return address
+    bind_host = host.strip("[]") or "0.0.0.0"
+    with socket.socket(socket.AF_INET6 if ":" in bind_host else socket.AF_INET) as sock:
+        try:
+            sock.bind((bind_host, port))
+            return address
+        except OSError:
+            pass
+    with socket.socket(socket.AF_INET6 if ":" in bind_host else socket.AF_INET) as sock:
+        sock.bind((bind_host, 0))
+        free = sock.getsockname()[1]
+    log.warning("dashboard: port %d is in use (another Dask cluster or program); using port %d",
+                port, free)
+    return f"{host}:{free}"
+
+
 def serve_in_process_cluster(make_cluster, kwargs: dict, profile) -> Iterator:
     """Start a cluster that lives in this process (``LocalCluster``, ``LocalCUDACluster``) with
     the profile's TLS, yield a client, and close both quietly (busy workers are killed on
@@ -160,6 +188,9 @@ def serve_in_process_cluster(make_cluster, kwargs: dict, profile) -> Iterator:
     from cluster.security import make_security
 
     security = make_security(profile)
+    if kwargs.get("dashboard_address"):
+        kwargs = {**kwargs, "dashboard_address": free_dashboard_address(
+            kwargs["dashboard_address"])}
     if security is not None:
         kwargs = {**kwargs, "security": security, "protocol": "tls://"}
     else:

@@ -237,3 +237,22 @@ def test_kubernetes_client_creates_and_removes_the_tls_secret(fake_kube_operator
     assert record["spec"]["kind"] == "DaskCluster" and record["adapt"] == (1, 3)
     assert record["secret"]["metadata"]["name"] == "myocohort-tls"
     assert record["deleted"] and record["closed"]
+
+
+def test_a_taken_dashboard_port_gives_one_clean_line(caplog):
+    import logging
+    import socket
+
+    from cluster.base import free_dashboard_address
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with caplog.at_level(logging.WARNING, logger="cluster"):
+            addr = free_dashboard_address(f"127.0.0.1:{port}")
+    host, _, new = addr.rpartition(":")
+    assert host == "127.0.0.1" and int(new) != port
+    (msg,) = [r.getMessage() for r in caplog.records]
+    assert f"port {port} is in use" in msg and f"using port {new}" in msg
+    assert free_dashboard_address("127.0.0.1:0") == "127.0.0.1:0"
