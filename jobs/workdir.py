@@ -67,8 +67,8 @@ def check_output_dir(path: str | Path, what: str, *, parents: bool = False) -> P
 
 
 def check_output_file(path: str | Path, what: str) -> Path:
-    """An output file's path (absolute) whose folder exists and is writable; one-line
-    :class:`WorkdirError` otherwise."""
+    """An output file's path (absolute) whose folder exists (or is created, when its own
+    parent exists) and is writable; one-line :class:`WorkdirError` otherwise."""
     out = Path(path).expanduser().absolute()
     if out.is_dir():
         raise WorkdirError(f"{what} {out}: is a folder, not a file")
@@ -76,7 +76,13 @@ def check_output_file(path: str | Path, what: str) -> Path:
     if blocker is not None:
         raise WorkdirError(f"{what} {out}: {blocker} is a file, not a folder")
     if not out.parent.exists():
-        raise WorkdirError(f"{what} {out}: its folder {out.parent} does not exist")
+        if not out.parent.parent.is_dir():  # the output's own folder is made, no more
+            raise WorkdirError(f"{what} {out}: its folder {out.parent} does not exist")
+        try:
+            out.parent.mkdir()
+        except OSError as e:
+            raise WorkdirError(f"{what} {out}: its folder {out.parent} cannot be created "
+                               f"({e.strerror or e})") from None
     if not os.access(out.parent, os.W_OK | os.X_OK):
         raise WorkdirError(f"{what} {out}: its folder {out.parent} is not writable by this "
                            "user")

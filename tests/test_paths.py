@@ -74,5 +74,6 @@ def test_stage_output_paths(cohort, tmp_path):
     res = runner.invoke(app, ["fit", str(tmp_path / "t.parquet"), "--out",
                               str(f / "fit.json")])
     assert res.exit_code == 2 and "is a file, not a folder" in res.output
-    res = runner.invoke(app, ["report", str(tmp_path), "--out", str(tmp_path / "x" / "r.html")])
+    res = runner.invoke(app, ["report", str(tmp_path), "--out",
+                              str(tmp_path / "x" / "y" / "r.html")])
     assert res.exit_code == 2 and "does not exist" in res.output
