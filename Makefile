@@ -10,7 +10,7 @@ DEMO_DIR ?= demo
 DEMO_N ?= 100
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-gpu test demo lint bench clean
+.PHONY: setup setup-gpu setup-browser test demo lint bench clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "need $(PYTHON) on PATH (set PYTHON=...)"; exit 1; }
@@ -25,6 +25,11 @@ setup: $(VENV)/.installed
 # GPU machines only: dask-cuda (pins dask/distributed) and CuPy for CUDA 12.
 setup-gpu: setup
 	$(PIP) install -c constraints.txt -e ".[gpu]"
+
+# Headless Chromium for the report's browser test (Debian's package, root only); the test
+# installs it itself when it can, and skips saying why when it cannot.
+setup-browser: setup
+	$(PY) -m tests.report.browser install
 
 test: setup
 	$(PY) -m pytest -q -ra $(PYTEST_ARGS)

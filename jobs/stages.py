@@ -503,7 +503,7 @@ def _report(stage: CohortStage, inputs: StageInputs, upstream: dict[str, Any]) -
     done = upstream.get("fit")
     fitted = {spec: done} if done is not None and spec is not None else None
     return stage.function(inputs.workdir, inputs.config.stage("report"), model=spec,
-                          fitted=fitted)
+                          fitted=fitted, run_config=inputs.config.to_dict())
 
 
 def _build_cohort_table(*args: Any, **kwargs: Any) -> Any:

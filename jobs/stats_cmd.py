@@ -156,7 +156,7 @@ def report(
         fitted = {spec: previous[1]}
     try:
         path = REPORT.function(workdir, cfg.stage("report"), model=spec, fitted=fitted,
-                               out=out)
+                               out=out, run_config=cfg.to_dict())
     except ValueError as e:
         error(f"{workdir}: {e}")
         raise typer.Exit(EXIT_BAD_INPUT) from None

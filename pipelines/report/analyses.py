@@ -1,4 +1,4 @@
-"""The numbers of the report: Table 1, prevalence by activity, the models, Mann-Whitney
+"""The numbers of the report: prevalence by activity, the models, Mann-Whitney
 comparisons inside strata, OR grids, the nomogram and the myopathy analysis.
 
 Every function returns pandas DataFrames / dicts only (no plotting, no files), so the report
@@ -15,6 +15,7 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
+from pipelines.report.ticks import nice_ticks, tick_labels
 from pipelines.stats import FitResult, ModelSpec, fit_model
 from pipelines.stats.model import Z95, derive_activity, design_for_fit, fitted_rows
 from pipelines.stats.predict import marginal_probability
@@ -36,43 +37,6 @@ def _median_iqr(x) -> str:
         return "n/a"
     q1, med, q3 = np.percentile(x, [25, 50, 75])
     return f"{med:.1f} ({q1:.1f}-{q3:.1f})"
-
-
-def table1(cohort: pd.DataFrame, by: str | None = "cbp") -> pd.DataFrame:
-    """Table 1: n, % female, median age (IQR) and the main metrics, overall and by ``by``.
-
-    Returns a DataFrame with one row per characteristic and one column per group
-    (``overall``, then ``<by>=0``, ``<by>=1`` for a 0/1 column, or ``<by>=<level>`` per level
-    in sorted order for a text column such as ``diagnosis``), values as formatted strings.
-    """
-    groups = {"overall": cohort}
-    if by is not None and by in cohort.columns:
-        known = cohort[by].dropna()
-        if pd.api.types.is_numeric_dtype(known) and set(known.unique()) <= {0, 1}:
-            for v in (0, 1):
-                groups[f"{by}={v}"] = cohort[cohort[by] == v]
-        else:
-            text = cohort[by].astype("string")
-            for lev in sorted(known.astype(str).unique()):
-                groups[f"{by}={lev}"] = cohort[text == lev]
-    rows: dict[str, dict] = {}
-    for name, g in groups.items():
-        col = {"n": str(len(g))}
-        if "sex" in g.columns:
-            known = g["sex"].dropna()
-            col["female, %"] = (f"{100 * (known == 'female').mean():.1f}" if len(known) else "n/a")
-        for c, label in (("age", "age, years, median (IQR)"),
-                         ("bmi", "BMI, kg/m2, median (IQR)"),
-                         ("intermat_pct", "InterMAT, %, median (IQR)"),
-                         ("lmm_index", "LMM index, median (IQR)"),
-                         ("lesion_load_pct", "lesion load, %, median (IQR)"),
-                         ("lesion_load_quotient", "lesion load quotient, %/year, median (IQR)"),
-                         ("disease_duration_years",
-                          "disease duration, years, median (IQR)")):
-            if c in g.columns:
-                col[label] = _median_iqr(g[c])
-        rows[name] = col
-    return pd.DataFrame(rows)
 
 
 def prevalence_by_activity(cohort: pd.DataFrame, outcome: str = "cbp") -> tuple[pd.DataFrame, dict]:
@@ -331,15 +295,17 @@ def interaction_summary(main: FitResult, inter: FitResult, term: str) -> dict:
             "n": inter.n, "events": inter.events}
 
 
-def nomogram(fit: FitResult, cohort: pd.DataFrame, n_ticks: int = 6) -> tuple[pd.DataFrame,
+def nomogram(fit: FitResult, cohort: pd.DataFrame, n_ticks: int = 5) -> tuple[pd.DataFrame,
                                                                             pd.DataFrame]:
     """Points of a nomogram of ``fit``: each term's contribution over its observed range,
     scaled so the widest term spans 0-100 points; total points map to the linear predictor
     and to two predicted probabilities: conditional on a site whose intercept is 0, and
     marginal (population-averaged over the sites' random intercepts).
 
-    Returns ``(points, total)``: points has term, value (original units or level), points;
-    total has total_points, linear_predictor, probability_conditional,
+    Returns ``(points, total)``: points has term, value (tick label: a round value in
+    original units, or the level), x (the value; NaN for a level), points and tick (False
+    for the two ends of a numeric term's observed range, which bound its scale but carry no
+    round label); total has total_points, linear_predictor, probability_conditional,
     probability_marginal.
 
     Raises
@@ -351,42 +317,45 @@ def nomogram(fit: FitResult, cohort: pd.DataFrame, n_ticks: int = 6) -> tuple[pd
         raise ValueError("a nomogram needs an additive model; this fit has interaction "
                          f"term(s) {[t.term for t in fit.terms if ':' in t.term]}")
     scal = fit.exposure_scaling
-    spans = []  # (label, [(value_label, contribution)], is_cat)
+    spans = []  # (column, [(value label, contribution, labelled tick?)])
     cat_terms: dict[str, list] = {}
     for t in fit.terms[1:]:
         if "[" in t.term:
             col, lev = t.term[:-1].split("[", 1)
-            cat_terms.setdefault(col, []).append((lev, t.beta))
+            cat_terms.setdefault(col, []).append((lev, t.beta, True))
             continue
         col = t.term
         x = pd.to_numeric(cohort[col], errors="coerce").dropna() if col in cohort.columns \
             else pd.Series([0.0, 1.0])
         lo, hi = float(x.min()), float(x.max())
         if set(np.unique(x)) <= {0.0, 1.0}:
-            vals = [0.0, 1.0]
-            labels = ["no", "yes"]
+            vals, labels, tick = [0.0, 1.0], ["no", "yes"], [True, True]
         else:
-            vals = list(np.linspace(lo, hi, n_ticks))
-            labels = [f"{v:.3g}" for v in vals]
+            inner = nice_ticks(lo, hi, n_ticks)
+            tl = tick_labels(inner)
+            vals = [lo, *inner, hi]
+            labels = [f"{lo:.4g}", *tl, f"{hi:.4g}"]
+            tick = [False, *([True] * len(inner)), False]
         if col in scal:
             contrib = [t.beta * (v - scal[col]["mean"]) / (2 * scal[col]["sd"]) for v in vals]
         else:
             contrib = [t.beta * v for v in vals]
-        spans.append((col, list(zip(labels, contrib, strict=True))))
+        spans.append((col, list(zip(labels, contrib, tick, strict=True)), vals))
     for col, levs in cat_terms.items():
         ref = fit.references.get(col, "reference")
-        spans.append((col, [(ref, 0.0)] + levs))
-    widest = max(max(c for _, c in s) - min(c for _, c in s) for _, s in spans) or 1.0
+        spans.append((col, [(ref, 0.0, True)] + levs, [math.nan] * (len(levs) + 1)))
+    widest = max(max(c for _, c, _ in s) - min(c for _, c, _ in s) for _, s, _ in spans) or 1.0
     rows = []
     base = fit.terms[0].beta
-    for col, s in spans:
-        m = min(c for _, c in s)
+    for col, s, vals in spans:
+        m = min(c for _, c, _ in s)
         base += m
-        for lab, c in s:
-            rows.append({"term": col, "value": lab, "points": 100 * (c - m) / widest})
+        for (lab, c, tick), v in zip(s, vals, strict=True):
+            rows.append({"term": col, "value": lab, "x": v, "points": 100 * (c - m) / widest,
+                         "tick": tick})
     pts = pd.DataFrame(rows)
     max_total = pts.groupby("term")["points"].max().sum()
-    totals = np.linspace(0, max_total, 11)
+    totals = np.linspace(0, max_total, 41)
     lp = base + totals * widest / 100
     total = pd.DataFrame({"total_points": totals, "linear_predictor": lp,
                           "probability_conditional": 1 / (1 + np.exp(-lp)),

@@ -1,28 +1,36 @@
-"""``build_report``: one self-contained HTML file (figures embedded as base64 PNG) plus CSV/JSON
-of every number it shows, in ``WORKDIR/results/``."""
+"""``build_report``: one self-contained HTML file (figures embedded as base64 PNG) plus, in
+``WORKDIR/results/``, every number it shows (CSV/JSON), the publication tables as CSV,
+Markdown and LaTeX, and every figure as PNG, SVG and PDF."""
 
 from __future__ import annotations
 
-import base64
 import html
-import json
 import logging
 import math
+import time
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
 from pipelines.report import analyses as A
 from pipelines.report import figures as F
+from pipelines.report import provenance as P
+from pipelines.report.labels import Labels, labels_for, plain_text
+from pipelines.report.page import ReportPage, slug
+from pipelines.report.sections import provenance_section, qc_section
+from pipelines.report.table1 import continuous_test, table1, table1_variables
+from pipelines.report.tables import format_p, model_rows, model_table, strata_table
 from pipelines.stats import FitResult, ModelSpec, cohort_scaling, fit_model
 from pipelines.stats.predict import calibration_table
 
 log = logging.getLogger(__name__)
+
+FIGURE_FORMATS = F.FORMATS
 
 
 @dataclass(frozen=True)
@@ -31,6 +39,9 @@ class ReportConfig:
 
     Attributes
     ----------
+    title : str
+        Study title at the top of the page; empty: the name of the manifest's folder (from
+        the workdir's run log), else the workdir's name.
     pain_column, pain_threshold : str, float
         Pain-intensity model: ``pain_column >= pain_threshold`` among those with the outcome.
     strata : tuple of str
@@ -47,8 +58,23 @@ class ReportConfig:
         severe, as in the study); the others get the number with the best silhouette.
     heatmap_step : float
         Width of the heatmap's Z-score bins (units of 2 SD).
+    figure_formats : tuple of {"png", "svg", "pdf"}
+        Files written per figure (PNG always: the page embeds it).
+    figure_dpi : int
+        Resolution of the PNGs (dots per inch; 150 reads well on screen and in print drafts).
+    max_points : int
+        Participants drawn as points per box in box plots (a seeded sample beyond), so a
+        figure costs the same at any cohort size.
+    review_max : int
+        Participants shown as label overlays in the QC section (0: none); each costs one
+        read of its water image and labels.
+    extremes_per_metric : int
+        Lowest and highest participants listed per QC metric.
+    qc_metrics : tuple of str
+        Metrics whose most extreme participants the QC section lists.
     """
 
+    title: str = ""
     pain_column: str = "pain_nrs"
     pain_threshold: float = 4.0
     strata: tuple[str, ...] = ("osteoarthritis", "osteoporosis")
@@ -57,9 +83,15 @@ class ReportConfig:
     cohort: Literal["auto", "population", "myopathy"] = "auto"
     subgroups: tuple[tuple[str, int], ...] = (("IMNM", 2),)
     heatmap_step: float = 0.5
+    figure_formats: tuple[str, ...] = FIGURE_FORMATS
+    figure_dpi: int = 150
+    max_points: int = 400
+    review_max: int = 12
+    extremes_per_metric: int = 3
+    qc_metrics: tuple[str, ...] = ("intermat_pct", "lmm_cm3", "lmm_index", "lesion_load_pct")
 
     def __post_init__(self) -> None:
-        for name in ("strata", "site_metrics"):
+        for name in ("strata", "site_metrics", "figure_formats", "qc_metrics"):
             v = getattr(self, name)
             object.__setattr__(self, name, (v,) if isinstance(v, str) else tuple(v))
         if not self.pain_column:
@@ -77,76 +109,19 @@ class ReportConfig:
         if not 0.05 <= self.heatmap_step <= 2:
             raise ValueError(f"heatmap_step must be in 0.05..2 (units of 2 SD), got "
                              f"{self.heatmap_step}")
-
-
-class _Report:
-    """Collects HTML sections, notes and the files of numbers."""
-
-    def __init__(self, results: Path) -> None:
-        self.results = results
-        self.parts: list[str] = []
-        self.notes: list[str] = []
-        self.numbers: dict = {}
-        self.files: list[str] = []
-
-    def h2(self, text: str) -> None:
-        self.parts.append(f"<h2>{html.escape(text)}</h2>")
-
-    def p(self, text: str) -> None:
-        self.parts.append(f"<p>{html.escape(text)}</p>")
-
-    def note(self, text: str) -> None:
-        log.info("report: %s", text)
-        self.notes.append(text)
-        self.parts.append(f'<p class="note">{html.escape(text)}</p>')
-
-    def table(self, df: pd.DataFrame, name: str, caption: str = "", index: bool = False,
-              collapsed: bool = False) -> None:
-        path = self.results / f"{name}.csv"
-        df.to_csv(path, index=index)
-        self.files.append(path.name)
-        shown = df.to_html(index=index, float_format=_fmt, na_rep="", border=0,
-                           classes="tbl", escape=True)
-        cap = f"{html.escape(caption)} <span class='src'>({path.name})</span>"
-        if collapsed:
-            self.parts.append(f"<details><summary class='cap'>{cap} ({len(df)} rows, click to "
-                              f"show)</summary>{shown}</details>")
-        else:
-            self.parts.append(f"<div class='cap'>{cap}</div>{shown}")
-
-    def figure(self, png: bytes, name: str, caption: str) -> None:
-        b64 = base64.b64encode(png).decode()
-        self.parts.append(
-            f"<figure><img alt='{html.escape(name)}' src='data:image/png;base64,{b64}'/>"
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
-
-    def json(self, obj: dict, name: str) -> None:
-        path = self.results / f"{name}.json"
-        path.write_text(json.dumps(_clean(obj), indent=2))
-        self.files.append(path.name)
-
-
-def _fmt(x: float) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
-        return ""
-    ax = abs(x)
-    if ax != 0 and (ax < 1e-3 or ax >= 1e5):
-        return f"{x:.3g}"
-    return f"{x:.3f}"
-
-
-def _clean(o):
-    if isinstance(o, dict):
-        return {str(k): _clean(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_clean(v) for v in o]
-    if isinstance(o, (np.floating, float)):
-        return None if not math.isfinite(float(o)) else float(o)
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.bool_):
-        return bool(o)
-    return o
+        bad = [f for f in self.figure_formats if f not in FIGURE_FORMATS]
+        if bad or not self.figure_formats:
+            raise ValueError(f"figure_formats {list(self.figure_formats)}: each must be one of "
+                             f"{list(FIGURE_FORMATS)}")
+        if not 50 <= self.figure_dpi <= 600:
+            raise ValueError(f"figure_dpi must be in 50..600, got {self.figure_dpi}")
+        if self.max_points < 0:
+            raise ValueError(f"max_points must be >= 0, got {self.max_points}")
+        if not 0 <= self.review_max <= 48:
+            raise ValueError(f"review_max must be in 0..48 (overlays read each participant's "
+                             f"images), got {self.review_max}")
+        if self.extremes_per_metric < 0:
+            raise ValueError(f"extremes_per_metric must be >= 0, got {self.extremes_per_metric}")
 
 
 def _read_tables(workdir: Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
@@ -160,6 +135,7 @@ def _read_tables(workdir: Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
         raise ValueError(f"{cohort_path}: cannot be read: {e}") from e
     if "participant_id" not in cohort.columns:
         cohort = cohort.reset_index()
+    cohort["participant_id"] = cohort["participant_id"].astype(str)
     muscles = None
     mpath = workdir / "tables" / "muscle_metrics.parquet"
     if mpath.exists():
@@ -172,17 +148,29 @@ def _read_tables(workdir: Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
 
 def _fit_summary(f: FitResult) -> str:
     sd = "0 (singular fit)" if f.singular else f"{f.group_sd:.3f}"
-    return (f"{f.method} (nAGQ={f.nagq}); n = {f.n} ({f.n_dropped} dropped for missing values), "
-            f"{f.events} events, {f.groups} {f.group}s; {f.group} SD {sd}; "
-            f"log-likelihood {f.loglik:.2f}; converged: {f.converged}; status: {f.status} "
-            f"({f.events_per_term:.1f} events per fitted term).")
+    epv = ("" if not math.isfinite(f.events_per_term)
+           else f" ({f.events_per_term:.1f} events per fitted term)")
+    return (f"{f.method} (nAGQ = {f.nagq}); n = {f.n} ({f.n_dropped} excluded for missing "
+            f"values), {f.events} events, {f.groups} {f.group}s; {f.group} SD {sd}; "
+            f"log-likelihood {f.loglik:.2f}; converged: {'yes' if f.converged else 'no'}; "
+            f"status: {f.status}{epv}.")
 
 
-def _fit_notes(R: _Report, label: str, f: FitResult) -> None:
-    """A visible note for a fit that is not plainly ``ok``: every dropped term and why."""
-    if f.status != "ok" or f.warnings:
-        R.note(f"{label}: status {f.status}. " + " ".join(
-            w if w.endswith(".") else w + "." for w in f.warnings))
+def _fit_notes(R: ReportPage, label: str, f: FitResult, labels: Labels,
+               spec: ModelSpec) -> None:
+    """A visible note for a fit that is not plainly ``ok``: its status, the terms dropped
+    (kind; the reasons are in the model table's footnotes and models.csv) and its other
+    warnings."""
+    if f.status == "ok" and not f.warnings:
+        return
+    dropped = [f"{labels.short_term(d.term)} ({d.kind})" for d in f.dropped_terms]
+    other = [w for w in f.warnings if not any(w.startswith(f"{d.term} dropped (")
+                                              for d in f.dropped_terms)]
+    text = f"{label}: status {f.status}."
+    if dropped:
+        text += f" Not estimable in these data, left out: {', '.join(dropped)}."
+    text += "".join(" " + (w if w.endswith(".") else w + ".") for w in other)
+    R.note(text)
 
 
 def _scaling_for_subsets(cohort, spec: ModelSpec, main_fit: FitResult | None) -> dict | None:
@@ -204,21 +192,46 @@ def _is_myopathy_cohort(cohort, config: ReportConfig) -> bool:
     return "diagnosis" in cohort.columns and bool(cohort["diagnosis"].notna().all())
 
 
-def _terms_df(f: FitResult) -> pd.DataFrame:
-    return pd.DataFrame([t.to_dict() for t in f.terms])
+def _terms_df(f: FitResult, labels: Labels, spec: ModelSpec) -> pd.DataFrame:
+    d = pd.DataFrame([t.to_dict() for t in f.terms])
+    d.insert(1, "label", [labels.term(t, f.references, spec.exposures) for t in d["term"]])
+    return d
+
+
+def _binary_columns(cohort: pd.DataFrame, columns) -> tuple[str, ...]:
+    out = []
+    for c in columns:
+        if c in cohort.columns and pd.api.types.is_numeric_dtype(cohort[c]):
+            known = cohort[c].dropna().to_numpy(float)
+            if len(known) and set(np.unique(known)) <= {0.0, 1.0}:
+                out.append(c)
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class _Context:
+    """What every section of one report build uses (built once in :func:`build_report`)."""
+
+    config: ReportConfig
+    labels: Labels
+    spec: ModelSpec
+    binary: tuple[str, ...]
 
 
 def build_report(workdir: str | Path, config: ReportConfig | None = None, *,
                  model: ModelSpec | None = None,
                  fitted: Mapping[ModelSpec, FitResult | Exception] | None = None,
-                 out: str | Path | None = None) -> Path:
-    """Write ``report.html`` (self-contained) and the CSV/JSON of every number it shows.
+                 out: str | Path | None = None,
+                 run_config: Mapping[str, Any] | None = None) -> Path:
+    """Write ``report.html`` (self-contained) and the files of every number and figure.
 
     Parameters
     ----------
     workdir : path
         Run directory with ``tables/cohort.parquet`` (participant metrics + covariates) and,
-        for the myopathy clustering, ``tables/muscle_metrics.parquet``.
+        for the myopathy clustering, ``tables/muscle_metrics.parquet``.  The QC and
+        provenance sections also read ``store.zarr``, ``failures.parquet`` and
+        ``run.log.jsonl`` when present (a tables-only folder reports without them).
     config : ReportConfig, optional
     model : ModelSpec, optional
         The main model (default :class:`ModelSpec`: CBP on InterMAT and LMM index, adjusted,
@@ -230,6 +243,10 @@ def build_report(workdir: str | Path, config: ReportConfig | None = None, *,
         needs instead of fitting it again.
     out : path, optional
         HTML path; default ``WORKDIR/results/report.html``.  Numbers go next to it.
+    run_config : mapping, optional
+        The run's configuration, section -> settings (``RunConfig.to_dict()``), shown in the
+        provenance section with the ``stats`` and ``report`` sections this report used; its
+        ``quantify`` section names the LMM index's unit.
 
     Returns
     -------
@@ -242,29 +259,55 @@ def build_report(workdir: str | Path, config: ReportConfig | None = None, *,
     ValueError
         The cohort table is missing or unreadable.
     """
+    t0 = time.perf_counter()
     config = config or ReportConfig()
     workdir = Path(workdir)
     cohort, muscles = _read_tables(workdir)
     out = Path(out) if out is not None else workdir / "results" / "report.html"
     results = out.parent
     results.mkdir(parents=True, exist_ok=True)
-    R = _Report(results)
+    run_config = dict(run_config or {})
+    quant = run_config.get("quantify") if isinstance(run_config.get("quantify"), Mapping) else {}
+    labels = labels_for(quant.get("normalisation"))
+    R = ReportPage(results, labels, formats=config.figure_formats, dpi=config.figure_dpi)
     spec = model or ModelSpec()
     outcome = spec.outcome
-    if "activity" not in cohort.columns and "met_min_week" in cohort.columns:
+    activity_derived = "activity" not in cohort.columns and "met_min_week" in cohort.columns
+    if activity_derived:
         cohort = cohort.copy()
         cohort["activity"] = A.derive_activity(cohort["met_min_week"])
     myopathy_cohort = _is_myopathy_cohort(cohort, config)
     has_outcome = (outcome in cohort.columns and cohort[outcome].notna().any()
                    and not myopathy_cohort)
+    ctx = _Context(config, labels, spec, _binary_columns(cohort, spec.adjust))
+    record = P.read_run_record(workdir)
+    title = P.study_title(config.title, record, workdir)
+    store = workdir / "store.zarr"
+    try:
+        store_summary = _store_summary(store, cohort)
+    except Exception as e:  # a damaged store must not cost the report
+        log.warning("store %s: attributes not read: %s", store, e)
+        store_summary = None
+
+    R.h2("Methods (generated from this run)")
+    methods_at = len(R.parts)
+    R.raw("")  # the paragraph is written once the models are fitted
 
     # -- Table 1 ------------------------------------------------------------------------
-    R.h2("Table 1: participants")
+    R.h2("Participants")
     by = "diagnosis" if myopathy_cohort and "diagnosis" in cohort.columns else (
         outcome if has_outcome else None)
-    t1 = A.table1(cohort, by)
-    R.table(t1, "table1", f"Characteristics, overall{' and by ' + by if by else ''}",
-            index=True)
+    variables = table1_variables(cohort, (*spec.exposures, *spec.adjust, spec.group), by=by)
+    by_text = f" and by {labels[by].label.lower()}" if by else ""
+    t1, t1_tests = table1(cohort, by, variables, labels,
+                          categorical=(spec.group, "diagnosis"),
+                          caption=f"Characteristics of the participants, overall{by_text}")
+    if activity_derived and "activity" in variables:
+        t1 = replace(t1, notes=(*t1.notes, "Activity from MET-min/week: low < 500, moderate "
+                                           "500–5000, high > 5000."))
+    R.pub_table(t1)
+    t1_tests.to_csv(results / "table1_tests.csv", index=False)
+    R.files.append("table1_tests.csv")
     if outcome not in cohort.columns or cohort[outcome].isna().all():
         R.note(f"The table has no {outcome!r} outcome: the models, the outcome comparisons and "
                "their figures are left out.")
@@ -277,12 +320,13 @@ def build_report(workdir: str | Path, config: ReportConfig | None = None, *,
                "their figures are left out.")
     elif "activity" in cohort.columns:
         prev, test = A.prevalence_by_activity(cohort, outcome)
-        exact = (f"; exact p = {_fmt(test['p_exact'])} ({test['exact_method']})"
+        exact = (f"; exact p = {format_p(test['p_exact'])} ({test['exact_method']})"
                  if "p_exact" in test else "")
+        chi = (f"χ² {test['chi2']:.2f}, df {test['dof']}, p = {format_p(test['p'])}"
+               if math.isfinite(test["chi2"]) else "no test (one group or no contrast)")
         R.table(prev, "prevalence_by_activity",
-                f"Prevalence of {outcome} by activity group (low < 500, moderate 500-5000, "
-                f"high > 5000 MET min/week); chi-square {test['chi2']:.2f}, "
-                f"df {test['dof']}, p = {_fmt(test['p'])}{exact}")
+                f"Prevalence of {labels[outcome].abbrev} by activity group (low < 500, moderate "
+                f"500–5000, high > 5000 MET-min/week); {chi}{exact}")
         if "warning" in test:
             R.note(f"Prevalence by activity: {test['warning']}.")
         R.numbers["prevalence_chi_square"] = test
@@ -298,42 +342,27 @@ def build_report(workdir: str | Path, config: ReportConfig | None = None, *,
         if missing_adj:
             R.note(f"Adjusters {missing_adj} are not in the table: the models leave them out.")
             spec = replace(spec, adjust=tuple(a for a in spec.adjust if a not in missing_adj))
+            ctx = replace(ctx, spec=spec)
         missing_exp = [e for e in spec.exposures if e not in cohort.columns]
         if missing_exp or spec.group not in cohort.columns:
             R.note(f"Columns {missing_exp + ([spec.group] if spec.group not in cohort.columns else [])} "
                    "are missing: no models.")
         else:
-            R.h2("Main model")
-            try:
-                main_fit = _fit_main(cohort, spec, fitted)
-                fits["main"] = main_fit
-                main_fit.to_json(results / "fit_main.json")
-                R.files.append("fit_main.json")
-                R.p(f"Logistic regression of {outcome} on {', '.join(spec.exposures)} (per 2 SD"
-                    f" of the analysed cohort) adjusted for {', '.join(spec.adjust) or 'nothing'}"
-                    f", random intercept per {spec.group}. " + _fit_summary(main_fit))
-                _fit_notes(R, "Main model", main_fit)
-                R.table(_terms_df(main_fit), "model_main_terms", "Main model: odds ratios")
-            except ValueError as e:
-                fits["main"] = f"not estimable: {e}"
-                R.note(f"Main model not estimable: {e}")
+            main_fit = _main_model(R, ctx, cohort, fitted, fits)
+            if main_fit is not None:
+                _figures_main(R, ctx, cohort, main_fit)
             scaling = _scaling_for_subsets(cohort, spec, main_fit)
-            _pain_model(R, cohort, spec, config, fits, scaling)
-            _strata(R, cohort, spec, config, fits, scaling)
-            inter_fit = _interaction(R, cohort, spec, main_fit, fits)
+            _pain_model(R, ctx, cohort, fits, scaling)
+            _strata(R, ctx, cohort, fits, scaling)
+            inter_fit = _interaction(R, ctx, cohort, main_fit, fits)
+            if main_fit is not None:
+                _heatmap(R, ctx, cohort, main_fit, inter_fit)
             if fits:
-                R.table(A.models_table(fits), "models", "All models, all terms (long format)",
-                        collapsed=True)
-    if main_fit is not None:
-        _figures_main(R, cohort, spec, config, main_fit, fits, inter_fit)
+                _across_models(R, ctx, fits)
     if spec.group in cohort.columns:
         vals = tuple(v for v in config.site_metrics if v in cohort.columns)
         if vals:
-            R.h2(f"Metric distributions by {spec.group}")
-            summ = A.metrics_by_group(cohort, vals, spec.group)
-            R.figure(F.site_distributions(cohort, vals, spec.group), "by_site",
-                     f"Distributions per {spec.group} (boxes: IQR, whiskers 1.5 IQR)")
-            R.table(summ, "metrics_by_site", f"Metrics per {spec.group}: n, median (IQR)")
+            _by_site(R, ctx, cohort, vals)
 
     # -- myopathy -------------------------------------------------------------------------
     if {"diagnosis", "disease_duration_years"} <= set(cohort.columns) and \
@@ -343,10 +372,65 @@ def build_report(workdir: str | Path, config: ReportConfig | None = None, *,
         R.note("No diagnosis / disease_duration_years columns: the myopathy analysis is left "
                "out.")
 
+    # -- QC, provenance -------------------------------------------------------------------
+    qc_section(R, cohort, workdir, store, store_summary, config, labels, record)
+    version, commit = P.software_version(), P.git_commit()
+    used = {**run_config, "stats": asdict(spec), "report": asdict(config)}
+    segs = _segmenters(store_summary)
+    ran = dict(used)
+    if store_summary is not None and len(store_summary.fat_thresholds) == 1:
+        # what quantify recorded in the store wins over the configuration given to the report
+        ran["quantify"] = {**dict(quant), "fat_threshold": store_summary.fat_thresholds[0]}
+    elif store_summary is not None and len(store_summary.fat_thresholds) > 1:
+        R.note("Quantify ran with different fat-fraction thresholds across participants ("
+               + ", ".join(f"{t:g}" for t in store_summary.fat_thresholds) + "): their "
+               "InterMAT values are not comparable; rerun quantify with one setting.")
+    methods = P.methods_paragraph(
+        fit=main_fit, spec=spec, labels=labels, segmenters=segs,
+        run_config=ran, version=version, commit=commit, activity_derived=activity_derived,
+        table1_by=by)
+    R.parts[methods_at] = (
+        "<div class='methods'><p>" + _esc(methods) + "</p><p class='meta'>Written from the "
+        "settings and fits of this report; check and adapt before use (methods.md).</p></div>")
+    R.write_text("methods.md", methods + "\n")
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    provenance_section(R, title=title, record=record, workdir=workdir, version=version,
+                       commit=commit, segmenters=segs, run_config=used,
+                       run_config_given=bool(run_config), stamp=stamp)
+    R.numbers["provenance"] = {"title": title, "generated": stamp, "version": version,
+                               "commit": commit, "manifest": record.manifest}
     R.json({"notes": R.notes, **R.numbers}, "report_numbers")
-    out.write_text(_page(R, workdir))
-    log.info("report written to %s (%d number files)", out, len(R.files))
+    n = len(cohort)
+    meta = [f"{n} participants · generated {stamp} · myocohort {version}"
+            + (f" (commit {P.commit_text(commit)})" if commit else ""),
+            "Odds ratios of exposures are per 2 SD of the analysed cohort. Every number shown "
+            "is also in the files beside this page (tables as CSV, Markdown and LaTeX; "
+            "figures as PNG, SVG and PDF)."]
+    out.write_text(R.html(title, meta), encoding="utf-8")
+    log.info("report written to %s (%d files) in %.1f s", out, len(R.files),
+             time.perf_counter() - t0)
     return out
+
+
+def _esc(text: str) -> str:
+    return html.escape(plain_text(text))
+
+
+def _store_summary(store: Path, cohort: pd.DataFrame):
+    """The store's segmentation attributes of the cohort's participants (None: no store)."""
+    from pipelines.report.qc import read_store_summary
+
+    return read_store_summary(store, cohort["participant_id"].astype(str).tolist())
+
+
+def _segmenters(summary) -> pd.DataFrame | None:
+    from pipelines.report.qc import segmenters
+
+    return None if summary is None else segmenters(summary.sources)
+
+
+# --------------------------------------------------------------------------------------------
+# models
 
 
 def _fit_main(cohort: pd.DataFrame, spec: ModelSpec,
@@ -359,11 +443,40 @@ def _fit_main(cohort: pd.DataFrame, spec: ModelSpec,
     if isinstance(done, Exception):
         raise done
     log.info("report: main model reused from the run's fit")
+    if not done.terms_fitted:  # a fit.json of an older version: the names are its terms
+        done = replace(done, terms_fitted=tuple(t.term for t in done.terms))
     return done
 
 
-def _pain_model(R: _Report, cohort, spec: ModelSpec, config: ReportConfig, fits,
-                scaling: dict | None) -> None:
+def _main_model(R: ReportPage, ctx: _Context, cohort, fitted, fits) -> FitResult | None:
+    spec, labels = ctx.spec, ctx.labels
+    R.h2("Main model")
+    try:
+        main_fit = _fit_main(cohort, spec, fitted)
+    except ValueError as e:
+        fits["main"] = f"not estimable: {e}"
+        R.note(f"Main model not estimable: {e}")
+        return None
+    fits["main"] = main_fit
+    main_fit.to_json(R.results / "fit_main.json")
+    R.files.append("fit_main.json")
+    exp = ", ".join(labels[e].label for e in spec.exposures)
+    adj = ", ".join(labels[a].label.lower() for a in spec.adjust) or "nothing"
+    R.p(f"Logistic mixed model of {labels[spec.outcome].label.lower()} on {exp} (per 2 SD of "
+        f"the analysed cohort) adjusted for {adj}, with a random intercept per "
+        f"{labels[spec.group].label.lower()}. " + _fit_summary(main_fit))
+    _fit_notes(R, "Main model", main_fit, labels, spec)
+    R.pub_table(model_table(main_fit, spec, labels, name="table_main_model",
+                            caption=f"Association of {exp} with "
+                                    f"{labels[spec.outcome].label.lower()}: main model",
+                            binary=ctx.binary))
+    R.table(_terms_df(main_fit, labels, spec), "model_main_terms",
+            "Main model: coefficients and odds ratios (every number)", collapsed=True)
+    return main_fit
+
+
+def _pain_model(R: ReportPage, ctx: _Context, cohort, fits, scaling: dict | None) -> None:
+    spec, config, labels = ctx.spec, ctx.config, ctx.labels
     R.h2("Pain-intensity model")
     col = config.pain_column
     if col not in cohort.columns:
@@ -371,17 +484,25 @@ def _pain_model(R: _Report, cohort, spec: ModelSpec, config: ReportConfig, fits,
         return
     sub = cohort[cohort[spec.outcome] == 1].copy()
     sub["pain_high"] = (sub[col] >= config.pain_threshold).astype(float).where(sub[col].notna())
-    f = _fit_shown(R, fits, "pain", "Pain-intensity model", sub,
-                   replace(spec, outcome="pain_high"), scaling,
-                   f"NRS >= {config.pain_threshold:g} vs < {config.pain_threshold:g} among "
-                   f"participants with {spec.outcome}; exposures per 2 SD of the analysed "
-                   "cohort (not of this subset), as in the main model.")
+    pspec = replace(spec, outcome="pain_high")
+    f = _fit_shown(R, fits, "pain", "Pain-intensity model", sub, pspec, scaling,
+                   f"{labels[col].label} ≥ {config.pain_threshold:g} vs < "
+                   f"{config.pain_threshold:g} among participants with "
+                   f"{labels[spec.outcome].abbrev}; exposures per 2 SD of the analysed "
+                   "cohort (not of this subset), as in the main model.", labels)
     if f is not None:
-        R.table(_terms_df(f), "model_pain_terms", "Pain-intensity model: odds ratios")
+        R.pub_table(model_table(f, pspec, labels, name="table_pain_model",
+                                caption=f"High pain intensity ({labels[col].label} ≥ "
+                                        f"{config.pain_threshold:g}) among participants with "
+                                        f"{labels[spec.outcome].abbrev}",
+                                binary=ctx.binary))
+        R.table(_terms_df(f, labels, pspec), "model_pain_terms",
+                "Pain-intensity model: coefficients and odds ratios (every number)",
+                collapsed=True)
 
 
-def _fit_shown(R: _Report, fits, key: str, label: str, table, spec: ModelSpec,
-               scaling: dict | None, text: str) -> FitResult | None:
+def _fit_shown(R: ReportPage, fits, key: str, label: str, table, spec: ModelSpec,
+               scaling: dict | None, text: str, labels: Labels) -> FitResult | None:
     """Fit ``spec`` on ``table``, keep it as ``fits[key]`` and ``fit_<key>.json`` and describe
     it (``text``, the fit's summary and its warnings); a fit that fails is a note."""
     try:
@@ -394,27 +515,36 @@ def _fit_shown(R: _Report, fits, key: str, label: str, table, spec: ModelSpec,
     f.to_json(R.results / f"fit_{key}.json")
     R.files.append(f"fit_{key}.json")
     R.p(f"{text} {_fit_summary(f)}")
-    _fit_notes(R, label, f)
+    _fit_notes(R, label, f, labels, spec)
     return f
 
 
-def _strata(R: _Report, cohort, spec: ModelSpec, config: ReportConfig, fits,
-            scaling: dict | None) -> None:
+def _stratum_label(labels: Labels, name: str) -> str:
+    col, lev = name.split("=", 1)
+    return f"{labels[col].label}: {'yes' if lev == '1' else 'no' if lev == '0' else lev}"
+
+
+def _strata(R: ReportPage, ctx: _Context, cohort, fits, scaling: dict | None) -> None:
+    spec, config, labels = ctx.spec, ctx.config, ctx.labels
     strata = tuple(s for s in config.strata if s in cohort.columns)
     if not strata:
         R.note(f"None of the stratifiers {list(config.strata)} is in the table.")
         return
-    R.h2(f"Models stratified by {' and by '.join(strata)}")
+    R.h2("Models stratified by " + " and by ".join(labels[s].label.lower() for s in strata))
+    R.p(f"The main model within each level of {' and of '.join(strata)} (the stratifier "
+        "left out of the adjustment set), exposures per 2 SD of the analysed cohort.")
     sfits, mw = A.stratified_models(cohort, spec, strata, scaling)
     rows = []
     for name, f in sfits.items():
         fits[name] = f
         if isinstance(f, str):
-            R.note(f"Stratum {name}: {f}")
+            R.note(f"Stratum {_stratum_label(labels, name)}: {f}")
+            rows += [{"stratum": name, "term": e, "status": "failed", "note": f}
+                     for e in spec.exposures]
             continue
-        _fit_notes(R, f"Stratum {name}", f)
-        f.to_json(R.results / f"fit_{name.replace('=', '')}.json")
-        R.files.append(f"fit_{name.replace('=', '')}.json")
+        _fit_notes(R, f"Stratum {_stratum_label(labels, name)}", f, labels, spec)
+        f.to_json(R.results / f"fit_{slug(name)}.json")
+        R.files.append(f"fit_{slug(name)}.json")
         for e in spec.exposures:
             row = {"stratum": name, "n": f.n, "events": f.events, "term": e,
                    "status": f.status}
@@ -426,15 +556,28 @@ def _strata(R: _Report, cohort, spec: ModelSpec, config: ReportConfig, fits,
                                     if d.term == e), "not fitted")
             rows.append(row)
     if rows:
-        R.table(pd.DataFrame(rows), "strata_exposures",
-                "Exposure ORs inside each stratum (adjusted, stratifier left out), per 2 SD of "
-                "the analysed cohort: the same scale as the main model's ORs")
+        R.pub_table(strata_table(
+            rows, labels, name="table_strata",
+            caption="Exposure odds ratios within strata (adjusted, stratifier left out)",
+            notes=("Per 2 SD of the analysed cohort: the same scale as the main model's odds "
+                   "ratios.",)))
+        pd.DataFrame(rows).to_csv(R.results / "strata_exposures.csv", index=False)
+        R.files.append("strata_exposures.csv")
     if len(mw):
         R.table(mw, "mannwhitney_strata",
-                f"Mann-Whitney U: exposures between {spec.outcome}=1 and {spec.outcome}=0 "
-                "inside each stratum")
-        R.figure(F.strata_boxplots(cohort, spec.exposures, spec.outcome, strata), "strata_box",
-                 f"Exposures by {spec.outcome} within the strata")
+                f"Mann-Whitney U: exposures between {labels[spec.outcome].abbrev} and no "
+                f"{labels[spec.outcome].abbrev} inside each stratum")
+        pvals = {}
+        for r in mw.to_dict("records"):
+            s, lev = r["stratum"].split("=", 1)
+            pvals[(s, int(float(lev)), r["value"])] = r["p"]
+        R.figure(F.strata_boxplots(cohort, spec.exposures, spec.outcome, strata, labels, pvals,
+                                   max_points=config.max_points),
+                 "strata_box",
+                 f"Exposures by {labels[spec.outcome].abbrev} within the strata. Boxes: median "
+                 f"and IQR, whiskers to 1.5 IQR; points: participants (at most "
+                 f"{config.max_points} per box, a random sample beyond); p: two-sided "
+                 "Mann-Whitney U (numbers: mannwhitney_strata.csv, strata_box_summary.csv)")
         summ = []
         for s in strata:
             for lev in (0, 1):
@@ -445,27 +588,29 @@ def _strata(R: _Report, cohort, spec: ModelSpec, config: ReportConfig, fits,
                         q = np.percentile(x, [25, 50, 75]) if len(x) else [math.nan] * 3
                         summ.append({"stratum": f"{s}={lev}", spec.outcome: o, "value": v,
                                      "n": len(x), "q1": q[0], "median": q[1], "q3": q[2]})
-        R.table(pd.DataFrame(summ), "strata_box_summary", "Box plot summaries")
+        R.table(pd.DataFrame(summ), "strata_box_summary", "Box plot summaries", collapsed=True)
 
 
-def _interaction(R: _Report, cohort, spec: ModelSpec, main_fit: FitResult | None, fits
+def _interaction(R: ReportPage, ctx: _Context, cohort, main_fit: FitResult | None, fits
                  ) -> FitResult | None:
     """The main model plus the first two exposures' interaction: its OR and the
     likelihood-ratio test against the main model.  Returns the interaction model when its
     interaction term was estimated."""
+    spec, labels = ctx.spec, ctx.labels
     if len(spec.exposures) < 2 or main_fit is None:
         return None
     x, y = spec.exposures[0], spec.exposures[1]
     term = f"{x}:{y}"
-    R.h2(f"Interaction of {x} and {y}")
+    R.h2(f"Interaction of {labels[x].label} and {labels[y].label}")
     if spec.interactions:
         R.note("The main model already has interaction terms: no separate interaction model.")
         return main_fit if main_fit.has_term(term) else None
     f = _fit_shown(R, fits, "interaction", "Interaction model", cohort,
                    replace(spec, interactions=((x, y),)), None,
-                   f"The main model plus the product of the two standardised exposures ({term}). "
-                   f"Its OR is the factor by which the OR per 2 SD of {x} changes for each 2 SD "
-                   f"of {y} (> 1: the two reinforce each other).")
+                   f"The main model plus the product of the two standardised exposures "
+                   f"({labels.term(term)}). Its OR is the factor by which the OR per 2 SD of "
+                   f"{labels[x].label} changes for each 2 SD of {labels[y].label} (> 1: the "
+                   "two reinforce each other).", labels)
     if f is None or not f.has_term(term):
         return None
     try:
@@ -477,55 +622,41 @@ def _interaction(R: _Report, cohort, spec: ModelSpec, main_fit: FitResult | None
                 "p_wald": t.p}
     R.numbers["interaction"] = summ
     R.table(pd.DataFrame([summ]), "interaction",
-            f"Interaction {term}: OR (95% CI, Wald p) and likelihood-ratio test against the "
-            "main model (1 df)")
+            f"Interaction {labels.term(term)}: OR (95% CI, Wald p) and likelihood-ratio test "
+            "against the main model (1 df)")
     return f
 
 
-def _figures_main(R: _Report, cohort, spec, config: ReportConfig, main_fit: FitResult, fits,
-                  inter_fit: FitResult | None) -> None:
+def _figures_main(R: ReportPage, ctx: _Context, cohort, main_fit: FitResult) -> None:
+    """Forest plot, exposures by outcome, nomogram and calibration of the main model."""
+    spec, config, labels = ctx.spec, ctx.config, ctx.labels
     R.h2("Figures of the main model")
-    models = A.models_table({k: v for k, v in fits.items() if not isinstance(v, str)})
-    R.figure(F.forest_plot(models[models["model"] == "main"], "Main model"), "forest",
-             "Forest plot: odds ratios with 95% CIs (numbers: model_main_terms.csv)")
-    shown = {*spec.exposures, *spec.interaction_terms, ":".join(spec.exposures[:2])}
-    sub = models[(models["model"] != "main") & models["term"].isin(shown)]
-    if len(sub):
-        R.figure(F.forest_plot(sub, "Exposures in the other models"), "forest_other",
-                 "Exposure ORs per 2 cohort-SDs in the pain, stratified and interaction models "
-                 "(numbers: models.csv)")
-    if len(spec.exposures) >= 2:
-        x, y = spec.exposures[0], spec.exposures[1]
-        hfit = inter_fit or main_fit
-        if inter_fit is None:
-            R.note("The heatmap is drawn from the main model (no interaction term estimated): "
-                   "it cannot show a synergy of the two exposures.")
-        try:
-            grid = A.or_grid(hfit, x, y, cohort=cohort, step=config.heatmap_step)
-        except KeyError as e:
-            R.note(f"No heatmap: {e.args[0]}")
-        else:
-            which = "interaction model" if inter_fit is not None else "main model"
-            R.figure(F.or_heatmap(grid, x, y, f"{spec.outcome}: {which}"), "or_heatmap",
-                     f"{x} x {y}, bins of {config.heatmap_step:g} Z-score units (2 cohort-SDs) "
-                     f"over the observed range, from the {which}. Left: OR relative to both "
-                     "exposures at the cohort mean, conditional on the site (as every OR of "
-                     "the model). Right: predicted probability averaged over sites (marginal),"
-                     " the participants' other covariates as they are. Hatched cells hold no "
-                     f"participant ({int(grid['empty_cell'].sum())} of {len(grid)}). Numbers: "
-                     "or_heatmap.csv (with conditional probabilities and CIs)")
-            grid.drop(columns=["i", "j"]).to_csv(R.results / "or_heatmap.csv", index=False)
-            R.files.append("or_heatmap.csv")
+    rows = model_rows(main_fit, spec, labels, ctx.binary)
+    rows["panel"] = rows["section"].map({"Exposures": "Exposures, per 2 SD",
+                                         "Covariates": "Covariates"})
+    R.figure(F.forest_plot(rows), "forest",
+             f"Odds ratios (95% CI) of {labels[spec.outcome].label.lower()}, main model: "
+             "exposures per 2 SD of the analysed cohort (top), covariates per unit or against "
+             "their reference level (bottom). Log scale; arrows: CI beyond the axis "
+             "(numbers: model_main_terms.csv)")
+    pvals = {v: A.mann_whitney(cohort, v, spec.outcome)["p"] for v in spec.exposures}
+    R.figure(F.outcome_boxplots(cohort, spec.exposures, spec.outcome, labels, pvals,
+                                max_points=config.max_points),
+             "exposures_by_outcome",
+             f"Exposures by {labels[spec.outcome].abbrev}. Boxes: median and IQR, whiskers "
+             f"to 1.5 IQR; points: participants (at most {config.max_points} per group); p: "
+             "two-sided Mann-Whitney U (unadjusted)")
     try:
         pts, total = A.nomogram(main_fit, cohort)
     except ValueError as e:
         R.note(f"No nomogram: {e}")
     else:
-        R.figure(F.nomogram_plot(pts, total, "Nomogram of the main model"), "nomogram",
+        R.figure(F.nomogram_plot(pts, total, labels, "Nomogram of the main model"), "nomogram",
                  "Nomogram: read each predictor's points, add them, read the predicted "
                  "probability below the total: first at a site whose intercept is 0 "
                  "(conditional), then averaged over the sites' random intercepts (marginal, "
-                 "population-averaged). Numbers: nomogram_points.csv, nomogram_total.csv")
+                 "population-averaged). Numeric scales span the observed range. Numbers: "
+                 "nomogram_points.csv, nomogram_total.csv")
         pts.to_csv(R.results / "nomogram_points.csv", index=False)
         total.to_csv(R.results / "nomogram_total.csv", index=False)
         R.files += ["nomogram_points.csv", "nomogram_total.csv"]
@@ -535,13 +666,101 @@ def _figures_main(R: _Report, cohort, spec, config: ReportConfig, main_fit: FitR
             f"Calibration of the main model: observed vs predicted risk by decile of the "
             f"marginal prediction. Overall: observed {overall['observed']:.3f}, mean marginal "
             f"prediction {overall['predicted_marginal']:.3f}, mean conditional (site "
-            f"intercept 0) {overall['predicted_conditional']:.3f}")
+            f"intercept 0) {overall['predicted_conditional']:.3f}", collapsed=True)
     R.figure(F.calibration_plot(cal, "Calibration by decile of predicted risk"), "calibration",
              "Observed against predicted risk per decile: marginal (averaged over sites) and "
              "conditional (site intercept 0) predictions (numbers: calibration.csv)")
 
 
-def _myopathy(R: _Report, cohort, muscles, config: ReportConfig) -> None:
+def _heatmap(R: ReportPage, ctx: _Context, cohort, main_fit: FitResult,
+             inter_fit: FitResult | None) -> None:
+    """The OR and probability heatmap over the first two exposures, from the interaction
+    model when its interaction term was estimated."""
+    spec, config, labels = ctx.spec, ctx.config, ctx.labels
+    if len(spec.exposures) < 2:
+        return
+    x, y = spec.exposures[0], spec.exposures[1]
+    hfit = inter_fit or main_fit
+    if inter_fit is None:
+        R.note("The heatmap is drawn from the main model (no interaction term estimated): "
+               "it cannot show a synergy of the two exposures.")
+    try:
+        grid = A.or_grid(hfit, x, y, cohort=cohort, step=config.heatmap_step)
+    except KeyError as e:
+        R.note(f"No heatmap: {e.args[0]}")
+        return
+    which = "interaction model" if inter_fit is not None else "main model"
+    R.figure(F.or_heatmap(grid, x, y, labels, f"{labels[spec.outcome].abbrev}: {which}"),
+             "or_heatmap",
+             f"{labels[x].label} × {labels[y].label}, bins of {config.heatmap_step:g} "
+             f"Z-score units (2 cohort-SDs) over the observed range, from the {which}. Left: "
+             "OR relative to both exposures at the cohort mean, conditional on the site (as "
+             "every OR of the model). Right: predicted probability averaged over sites "
+             "(marginal), the participants' other covariates as they are. Each cell gives its "
+             "number of participants (n). Hatched cells hold no participant "
+             f"({int(grid['empty_cell'].sum())} of {len(grid)}); their model values would be "
+             "extrapolations and are not shown. Numbers: or_heatmap.csv (with conditional "
+             "probabilities and CIs)")
+    grid.drop(columns=["i", "j"]).to_csv(R.results / "or_heatmap.csv", index=False)
+    R.files.append("or_heatmap.csv")
+
+
+_MODEL_NAMES = {"main": "Main model", "pain": "Pain intensity (participants with the outcome)",
+                "interaction": "Interaction model"}
+
+
+def _across_models(R: ReportPage, ctx: _Context, fits) -> None:
+    """The exposures' ORs in every model side by side, and every term of every model."""
+    spec, labels = ctx.spec, ctx.labels
+    R.h2("Exposures across models")
+    other = []
+    for key, f in fits.items():
+        if isinstance(f, str):
+            continue
+        name = _MODEL_NAMES.get(key) or (_stratum_label(labels, key) if "=" in key else key)
+        fspec = replace(spec, outcome=f.outcome)
+        if key == "interaction":
+            fspec = replace(fspec, interactions=((spec.exposures[0], spec.exposures[1]),))
+        r = model_rows(f, fspec, labels)
+        r = r[r["section"] == "Exposures"].copy()
+        r["panel"] = r["label"]
+        r["label"] = name
+        other.append(r)
+    if len(other) > 1:
+        R.figure(F.forest_plot(pd.concat(other, ignore_index=True)), "forest_models",
+                 "Exposure odds ratios (95% CI) per 2 SD of the analysed cohort in every model: "
+                 "main, pain intensity, within strata and with the interaction (numbers: "
+                 "models.csv)")
+    R.table(A.models_table(fits), "models", "All models, all terms (long format; the CSV "
+            "adds beta, SE, the site SD and convergence)", collapsed=True,
+            show=("model", "term", "or", "ci_low", "ci_high", "p", "n", "events", "status",
+                  "note"))
+
+
+def _by_site(R: ReportPage, ctx: _Context, cohort, vals: tuple[str, ...]) -> None:
+    group, labels, config = ctx.spec.group, ctx.labels, ctx.config
+    R.h2(f"Metric distributions by {labels[group].label.lower()}")
+    key = cohort[group].astype(str)
+    sites = sorted(key.dropna().unique())
+    pvals = {}
+    for v in vals:
+        x = pd.to_numeric(cohort[v], errors="coerce")
+        pvals[v] = continuous_test([x[key == s].dropna().to_numpy(float) for s in sites])[2]
+    summ = A.metrics_by_group(cohort, vals, group)
+    R.figure(F.site_distributions(cohort, vals, group, labels, pvals,
+                                  max_points=config.max_points), "by_site",
+             f"Distributions per {labels[group].label.lower()} (boxes: median and IQR, "
+             f"whiskers to 1.5 IQR; points: at most {config.max_points} participants per "
+             f"{labels[group].label.lower()}; p: Kruskal-Wallis H)")
+    R.table(summ, "metrics_by_site", f"Metrics per {labels[group].label.lower()}: n, median "
+                                     "(IQR)")
+
+
+# --------------------------------------------------------------------------------------------
+# myopathy
+
+
+def _myopathy(R: ReportPage, cohort, muscles, config: ReportConfig) -> None:
     R.h2("Myopathy: lesion load")
     try:
         les = A.lesion_table(cohort, muscles)
@@ -562,7 +781,8 @@ def _myopathy(R: _Report, cohort, muscles, config: ReportConfig) -> None:
     R.numbers["spearman_lesion_load_vs_duration"] = rho
     R.table(pd.DataFrame([{"group": k, **v} for k, v in rho.items()]),
             "myopathy_spearman", "Spearman correlation of lesion load with disease duration")
-    R.figure(F.lesion_vs_duration(les), "lesion_duration", "Lesion load vs disease duration")
+    R.figure(F.lesion_vs_duration(les), "lesion_duration",
+             "Lesion load against disease duration, per patient, by diagnosis")
     R.h2("Myopathy: patient clusters on per-muscle grades, within each diagnosis")
     if muscles is None or "mercuri_grade" not in muscles.columns:
         R.note("No muscle table with mercuri_grade: clustering left out.")
@@ -598,34 +818,5 @@ def _myopathy(R: _Report, cohort, muscles, config: ReportConfig) -> None:
     grades.to_csv(R.results / "myopathy_grades_ordered.csv")
     R.files += ["myopathy_cluster_assignment.csv", "myopathy_grades_ordered.csv"]
     R.figure(F.grade_heatmap(grades, assign), "grade_heatmap",
-             "Mercuri grades, muscle x patient, patients ordered by diagnosis and subgroup "
+             "Mercuri grades, muscle × patient, patients ordered by diagnosis and subgroup "
              "(numbers: myopathy_grades_ordered.csv)")
-
-
-_CSS = """
-body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;max-width:1100px;margin:2em auto;
-color:#222;padding:0 1em}
-h1{font-size:1.6em}h2{font-size:1.25em;border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:2em}
-table.tbl{border-collapse:collapse;font-size:.82em;margin:.4em 0 1.2em}
-table.tbl th,table.tbl td{padding:.25em .6em;border-bottom:1px solid #e5e5e5;text-align:right}
-table.tbl th{background:#f3f5f8}
-.cap{font-weight:600;cursor:default;font-size:.9em;margin-top:1em}.src{font-weight:400;color:#777}
-.note{background:#fff7e0;border-left:4px solid #e0a800;padding:.4em .8em;font-size:.9em}
-figure{margin:1em 0}figure img{max-width:100%}figcaption{font-size:.85em;color:#555}
-.meta{color:#666;font-size:.85em}
-"""
-
-
-def _page(R: _Report, workdir: Path) -> str:
-    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    files = ", ".join(sorted(set(R.files)))
-    return (
-        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
-        f"<title>myocohort report: {html.escape(workdir.name)}</title>"
-        f"<style>{_CSS}</style></head><body>"
-        f"<h1>myocohort report: {html.escape(workdir.name)}</h1>"
-        f"<p class='meta'>Generated {stamp}. Odds ratios of exposures are per 2 SD (per 2-unit "
-        "Z-score). Every number shown is also in the CSV/JSON files next to this page: "
-        f"{html.escape(files)}.</p>"
-        + "\n".join(R.parts) + "</body></html>\n"
-    )

@@ -142,6 +142,10 @@ def test_small_cohort_reports_every_model_with_its_dropped_terms(tmp_path):
     strata = pd.read_csv(res / "strata_exposures.csv")
     assert set(strata["stratum"]) == {"osteoarthritis=0", "osteoarthritis=1",
                                       "osteoporosis=0", "osteoporosis=1"}
-    assert "diabetes dropped (constant)" in text
+    assert "left out: Diabetes (constant)" in text
+    table = pd.read_csv(res / "table_main_model.csv").set_index("Variable")
+    assert table.loc["  Diabetes (yes vs. no)", "OR (95% CI)"] == "not estimable (constant)"
+    assert "removed and the model refitted: Diabetes (constant)" in \
+        (res / "methods.md").read_text()
     models = pd.read_csv(res / "models.csv")
     assert models["note"].fillna("").str.startswith("dropped (constant)").any()

@@ -59,8 +59,11 @@ def test_myopathy_cohort_report(tmp_path, patients):
     text = build_report(tmp_path, model=ModelSpec(nagq=1)).read_text()
     res = tmp_path / "results"
     t1 = pd.read_csv(res / "table1.csv", index_col=0)
-    assert list(t1.columns) == ["overall", "diagnosis=IBM", "diagnosis=IMNM"]
-    assert "disease duration, years, median (IQR)" in t1.index
+    n_ibm, n_imnm = (int((c["diagnosis"] == d).sum()) for d in ("IBM", "IMNM"))
+    assert list(t1.columns[:3]) == [f"Overall (n = {len(c)})", f"IBM (n = {n_ibm})",
+                                    f"IMNM (n = {n_imnm})"]
+    assert "Disease duration, years, median (IQR)" in t1.index
+    assert t1.loc["Disease duration, years, median (IQR)", "Test"] == "Mann-Whitney U"
     assert not (res / "fit_main.json").exists() and "models are left out" in text
     clusters = pd.read_csv(res / "myopathy_clusters.csv")
     assert {"IMNM mild", "IMNM severe"} <= set(clusters["subgroup"])

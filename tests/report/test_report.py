@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from jobs.cli import app
 from pipelines.report import analyses as A
 from pipelines.report import build_report
+from pipelines.report.tables import format_or_ci
 from pipelines.stats import ModelSpec, fit_model
 from pipelines.stats.simulate import CohortSimSpec, simulate_cohort
 
@@ -51,7 +52,7 @@ def test_full_report(tmp_path, population, myopathy):
     assert len(imgs) >= 7
     assert "http://" not in text and "https://" not in text
     for heading in ("Table 1", "Main model", "Pain-intensity model", "stratified by osteoarthritis",
-                    "Nomogram", "OR relative to both exposures", "Interaction of intermat_pct",
+                    "Nomogram", "OR relative to both exposures", "Interaction of InterMAT",
                     "Calibration", "by site", "Myopathy", "clusters"):
         assert heading in text, heading
     res = wd / "results"
@@ -66,7 +67,14 @@ def test_full_report(tmp_path, population, myopathy):
         assert (res / f).exists(), f
     # numbers shown in the page come from the files: main-model OR of intermat_pct
     terms = pd.read_csv(res / "model_main_terms.csv").set_index("term")
-    assert f"{terms.loc['intermat_pct', 'or']:.3f}" in text
+    t = terms.loc["intermat_pct"]
+    shown = format_or_ci(t["or"], t["ci_low"], t["ci_high"])
+    assert shown in text
+    table = pd.read_csv(res / "table_main_model.csv").set_index("Variable")
+    assert table.loc["  InterMAT, per 2 SD", "OR (95% CI)"] == shown
+    for ext in ("md", "tex"):
+        assert shown.replace("–", "--" if ext == "tex" else "–") in \
+            (res / f"table_main_model.{ext}").read_text()
     nums = json.loads((res / "report_numbers.json").read_text())
     assert 0 <= nums["prevalence_chi_square"]["p"] <= 1
     assert nums["clustering"]["IMNM"]["k"] == 2  # mild / severe, as in the study
@@ -118,6 +126,7 @@ def test_cli_report_reuses_fit_json_of_the_same_model(tmp_path, population, monk
     import pipelines.report.build as B
 
     wd = _workdir(tmp_path, population[0].iloc[:600], population[1])
+    (wd / "results").mkdir()
     res = CliRunner().invoke(app, ["fit", str(wd / "tables" / "cohort.parquet"), "--nagq", "1",
                                    "--out", str(wd / "results" / "fit.json")])
     assert res.exit_code == 0, res.output
