@@ -145,24 +145,34 @@ def export(
                              help="Output NIfTI file (.nii or .nii.gz)."),
 ) -> None:
     """Write one stored array back as NIfTI (RAS+ orientation, the stored affine as sform and
-    qform, stored dtype, no scaling). Exit code 2 when the participant or array is missing."""
+    qform, stored dtype, no scaling). Labels come with two lookup tables of the 18 muscles'
+    names and colours beside the file: FILE_itksnap.txt (ITK-SNAP: Segmentation > Import Label
+    Descriptions) and FILE_ColorTable.ctbl (3D Slicer colour table). Exit code 2 when the
+    participant or array is missing (the message lists the arrays there are)."""
     from pipelines import store as zstore
     from pipelines.ingest import export_nifti
+    from pipelines.ingest.export import write_label_tables
+    from schemas.layout import LABELS_ARRAY
 
     try:
-        if participant_id not in zstore.participant_ids(store):
-            known = zstore.participant_ids(store)
+        known = zstore.participant_ids(store)
+        if participant_id not in known:
             hint = f" (first of {len(known)}: {known[:5]})" if known else " (store is empty)"
             error(f"store {store}: no participant {participant_id!r}{hint}")
             raise typer.Exit(EXIT_BAD_INPUT)
-        if not zstore.has_array(store, participant_id, channel):
-            error(f"participant {participant_id}: no array {channel!r} in store {store}")
+        there = zstore.array_names(store, participant_id)
+        if channel not in there:
+            error(f"participant {participant_id}: no array {channel!r} in store {store}; "
+                  f"arrays there: {', '.join(there) or 'none'}")
             raise typer.Exit(EXIT_BAD_INPUT)
         path = export_nifti(store, participant_id, channel, out)
+        tables = write_label_tables(path) if channel == LABELS_ARRAY else ()
     except (KeyError, ValueError) as e:
-        error(str(e))
+        error(str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e))
         raise typer.Exit(EXIT_BAD_INPUT) from None
     print(f"participant {participant_id}: {channel} -> {path}")
+    for table in tables:
+        print(f"participant {participant_id}: {channel} lookup table -> {table}")
 
 
 def register(app: typer.Typer) -> None:

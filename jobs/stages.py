@@ -198,22 +198,31 @@ def _ingest_key(inputs: StageInputs, pid: str) -> StageKey:
 
 
 def _ingest_prepare(inputs: StageInputs, _: list[str]) -> None:
-    from pipelines.store import ensure_store
+    from pipelines.store import ensure_store, migrate_store
 
     ensure_store(inputs.store)
+    migrate_store(inputs.store)  # a store of an older layout, in place (nothing once current)
 
 
 def _intact(inputs: StageInputs, stage: str, arrays, among: set[str] | None = None) -> set[str]:
     """The participants of the run (``among`` them, when given) whose arrays
     (``arrays(pid, attrs)``; None when the stage has not written them yet) pass the store's
     cheap integrity check; a damaged group is moved aside (kept, never listed) so its
-    participant is rebuilt from its sources, and the log says so."""
+    participant is rebuilt from its sources, and the log says so.  A store of an older
+    layout is first migrated in place (:func:`pipelines.store.migrate_store`)."""
     import logging
 
-    from pipelines.store import participant_ids, quarantine_group, read_attrs, verify_group
+    from pipelines.store import (
+        migrate_store,
+        participant_ids,
+        quarantine_group,
+        read_attrs,
+        verify_group,
+    )
 
     if not Path(inputs.store).exists():
         return set()
+    migrate_store(inputs.store)  # a store of an older layout, in place (nothing once current)
     wanted = set(inputs.manifest.participant_ids) if inputs.manifest is not None else None
     intact = set()
     for pid in participant_ids(inputs.store):

@@ -3,14 +3,25 @@
 ::
 
     store.zarr/
-      zarr.json                       root attrs: {"myocohort": {"schema_version", "kind": "cohort"}}
+      zarr.json                       root attrs: {"myocohort": {"schema_version", "kind": "cohort",
+                                      "layout": LAYOUT_VERSION}}
       <participant_id>/               one group per participant, written under a temporary
-                                      name and renamed into place when complete
-        zarr.json                     group attrs, see GroupAttrs (key "myocohort") plus OME-NGFF
+                                      name and renamed into place when complete; an OME-Zarr 0.5
+                                      image (one single-level multiscale per image array)
+        zarr.json                     group attrs, see GroupAttrs (key "myocohort") plus "ome"
         water, fat                    float32, required
         in_phase, opposed_phase       float32, optional
-        labels                        uint8, our numbering (schemas.vocabulary), optional
         ff                            float32 fat fraction F/(W+F), NaN where low-signal (quantify)
+        labels/                       OME-Zarr "labels" group: {"ome": {"labels": ["muscles"]}}
+          muscles/                    the image-label: multiscales + "image-label" (names and
+                                      colours of every value)
+            0                         uint8, our numbering (schemas.vocabulary), optional
+
+Stages name arrays by their *logical* names (``water``, ``fat``, ``labels``, ``ff``, ...);
+:func:`array_path` says where each lives inside the participant group.  Layout 1 (stores
+written before OME-Zarr labels, no ``layout`` key at the root) kept ``labels`` as a plain
+array at ``<participant_id>/labels``; the store package reads both and migrates layout 1 in
+place (``pipelines.store.migrate_store``).
 
 Every array is stored in the canonical orientation **RAS+** (nibabel's
 ``as_closest_canonical``): the affine maps voxel (i, j, k) to RAS+ world millimetres with a
@@ -21,8 +32,10 @@ and k towards Superior (the head).  The body axis is array axis 2 (:data:`BODY_A
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from schemas import SCHEMA_VERSION
+from schemas.vocabulary import MUSCLES
 
 ORIENTATION = "RAS"
 BODY_AXIS = 2
@@ -44,6 +57,51 @@ CHUNK_SHAPE: tuple[int, int, int] = (64, 64, 64)
 SHARD_SHAPE: tuple[int, int, int] = (256, 256, 256)
 ATTRS_KEY = "myocohort"
 TMP_PREFIX = ".tmp-"
+
+#: Folder layout of the store (root ``attrs["myocohort"]["layout"]``; absent = 1).
+LAYOUT_VERSION = 2
+#: OME-Zarr's reserved name of the group that holds label images.
+LABELS_GROUP = "labels"
+#: Our one label image inside it (the 18 muscles).
+LABEL_IMAGE = "muscles"
+#: Path of the single resolution level of every multiscale image.
+LEVEL0 = "0"
+#: Where a logical array lives inside a participant group when it is not at its own name.
+_ARRAY_PATHS = MappingProxyType({LABELS_ARRAY: f"{LABELS_GROUP}/{LABEL_IMAGE}/{LEVEL0}"})
+
+
+def array_path(name: str) -> str:
+    """Path of logical array ``name`` inside a participant group (``"labels"`` ->
+    ``"labels/muscles/0"``, every other name -> itself)."""
+    return _ARRAY_PATHS.get(name, name)
+
+
+def top_entry(name: str) -> str:
+    """The participant group's folder that holds logical array ``name`` (and everything
+    written with it): ``labels`` for the labels, the array itself otherwise."""
+    return array_path(name).split("/", 1)[0]
+
+
+def _rgb(hex_colour: str) -> tuple[int, int, int]:
+    return tuple(int(hex_colour[i:i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
+
+
+def _lighter(rgb: tuple[int, int, int], f: float = 0.45) -> tuple[int, int, int]:
+    return tuple(round(c + (255 - c) * f) for c in rgb)  # type: ignore[return-value]
+
+
+#: One hue per muscle (schemas.vocabulary's base names, in order): well apart on screen.
+_BASE_COLOURS = ("#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4",
+                 "#f032e6", "#bfef45", "#9a6324")
+#: Display colour (R, G, B, A; 0-255) of every label value: background transparent, each
+#: muscle its base hue on the left and a lighter shade of it on the right.  One table for the
+#: OME-Zarr image-label and the ITK-SNAP and 3D Slicer lookup tables of exported labels.
+LABEL_RGBA = MappingProxyType({
+    0: (0, 0, 0, 0),
+    **{m.label: (*(_rgb(_BASE_COLOURS[(m.label - 1) // 2]) if m.side == "left"
+                   else _lighter(_rgb(_BASE_COLOURS[(m.label - 1) // 2]))), 255)
+       for m in MUSCLES},
+})
 
 
 @dataclass(frozen=True)

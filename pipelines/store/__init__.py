@@ -34,11 +34,19 @@ Guarantees
   :func:`read_array` and :func:`open_array` decode it to the identical float32 values.
 * **Direct shard writes.**  Zarr writes the array metadata; the shard files are encoded here
   (:func:`~.shards._write_shards`: same bytes layout as zarr's, about three times faster).
-* **Viewers.**  Every image array is also described by OME-Zarr 0.5 (NGFF) ``multiscales``
-  metadata under ``attrs["ome"]`` (axes ``x, y, z`` in mm, scale = voxel spacing,
-  translation = the world position of voxel 0), so napari (napari-ome-zarr) or neuroglancer can
-  open it.  NGFF 0.5 has no rotation: for an oblique acquisition the exact affine is the one
-  in ``attrs["myocohort"]["affine"]``.
+* **Valid OME-Zarr 0.5.**  Every participant group is an OME-Zarr 0.5 (NGFF) image: one
+  single-level multiscale per image array under ``attrs["ome"]`` (``water`` first; axes
+  ``x, y, z`` in mm, scale = voxel spacing, translation = the world position of voxel 0), and
+  the labels as the image-label ``labels/muscles`` with the name and colour of every value
+  (:mod:`.ome`), so napari (napari-ome-zarr), neuroglancer or any OME-Zarr reader opens the
+  image and its labels.  NGFF 0.5 has no rotation: for an oblique acquisition the exact affine
+  is the one in ``attrs["myocohort"]["affine"]``.
+* **Logical names.**  Callers name arrays ``water``, ``fat``, ``labels``, ``ff``, ...;
+  :func:`schemas.layout.array_path` places them (``labels`` -> ``labels/muscles/0``).  Stores
+  of layout 1 (labels as a plain array at ``<pid>/labels``) read the same and are migrated in
+  place by :func:`migrate_store`, which only renames folders and rewrites metadata.
+* **xarray.**  :func:`open_participant` and :func:`open_cohort` give a lazy ``Dataset`` /
+  ``DataTree`` with ``x, y, z`` coordinates in mm and the labels' CF flag names.
 
 ``store`` arguments are a path (``str`` or :class:`~pathlib.Path`) to the store folder;
 everything sent to Dask workers is therefore a plain path and pickles.
@@ -52,18 +60,25 @@ Modules
 :mod:`.scaled`
     the exact scaled-integer codec of images (:func:`quantise_exact` and its decoder).
 :mod:`.ome`
-    the group's OME-Zarr metadata.
+    the OME-Zarr metadata of a group and of its labels.
 :mod:`.integrity`
     the checksum record of every shard file and the cheap and full checks that use it.
+:mod:`.migrate`
+    stores of an older layout brought to the current one in place.
+:mod:`.dataset`
+    the store as xarray objects.
 
-Imports run one way: ``groups`` -> ``shards`` -> ``scaled`` and ``ome`` (``groups`` also uses
-those two directly); the submodules import their siblings, never the names re-exported here.
+Imports run one way: ``dataset`` and ``migrate`` -> ``groups`` -> ``shards`` -> ``scaled``
+and ``ome`` (``groups`` also uses those two directly); the submodules import their siblings,
+never the names re-exported here.
 """
 
 from __future__ import annotations
 
+from pipelines.store.dataset import open_cohort, open_participant
 from pipelines.store.groups import (
     GroupWriter,
+    array_names,
     delete_group,
     ensure_store,
     has_array,
@@ -76,6 +91,7 @@ from pipelines.store.groups import (
     write_group,
 )
 from pipelines.store.integrity import StoreDamaged, quarantine_group, verify_group
+from pipelines.store.migrate import migrate_store, store_layout
 from pipelines.store.ome import DIMENSION_NAMES, OME_ARRAYS, OME_VERSION, ome_metadata
 from pipelines.store.scaled import ENCODING_KEY, FLOAT_SLICES, quantise_exact
 from pipelines.store.shards import chunking
@@ -88,17 +104,22 @@ __all__ = [
     "OME_VERSION",
     "GroupWriter",
     "StoreDamaged",
+    "array_names",
     "chunking",
     "delete_group",
     "ensure_store",
     "has_array",
+    "migrate_store",
     "ome_metadata",
     "open_array",
+    "open_cohort",
+    "open_participant",
     "participant_ids",
     "quantise_exact",
     "quarantine_group",
     "read_array",
     "read_attrs",
+    "store_layout",
     "update_attrs",
     "verify_group",
     "write_array",

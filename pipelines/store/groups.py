@@ -7,6 +7,11 @@ by :mod:`.ome`.  Whole temporary *folders* (a group or an array being written) a
 same participant or array; single metadata files are replaced through
 :func:`pipelines._io.write_json_atomic`, whose hidden temporary files are no folders and so
 are never taken for a group or an array.
+
+Arrays are named by their logical names (``water``, ``labels``, ``ff``, ...); their folders
+come from :func:`schemas.layout.array_path` (``labels`` -> ``labels/muscles/0``, inside the
+OME-Zarr labels group written with it), with a layout-1 ``labels`` array (a plain array at
+``<pid>/labels``, see :mod:`.migrate`) found where it is (:func:`_array_dir_in`).
 """
 
 from __future__ import annotations
@@ -22,11 +27,21 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from pipelines._io import write_json_atomic
-from pipelines.store.ome import _group_doc
+from pipelines.store.ome import _group_doc, label_image_doc, labels_group_doc
 from pipelines.store.scaled import ENCODING_KEY, FLOAT_SLICES, _decode, _decode_block
 from pipelines.store.shards import _ZARR_JSON, _create_array, _read_json
 from schemas import SCHEMA_VERSION
-from schemas.layout import ARRAY_DTYPES, ATTRS_KEY, TMP_PREFIX, GroupAttrs
+from schemas.layout import (
+    ARRAY_DTYPES,
+    ATTRS_KEY,
+    LABEL_IMAGE,
+    LABELS_ARRAY,
+    LAYOUT_VERSION,
+    TMP_PREFIX,
+    GroupAttrs,
+    array_path,
+    top_entry,
+)
 from schemas.manifest import check_participant_id
 
 if TYPE_CHECKING:
@@ -50,6 +65,41 @@ def _root(store: str | Path) -> Path:
 def _group_dir(store: str | Path, pid: str) -> Path:
     check_participant_id(pid)
     return _root(store) / pid
+
+
+def _array_dir_in(gdir: Path, name: str) -> Path:
+    """Folder of logical array ``name`` in group folder ``gdir`` (:func:`schemas.layout.
+    array_path`); for ``labels`` not found there, a layout-1 labels array at ``<gdir>/labels``
+    when there is one (a store not migrated yet reads the same)."""
+    path = gdir / array_path(name)
+    if name == LABELS_ARRAY and not (path / _ZARR_JSON).is_file():
+        legacy = gdir / LABELS_ARRAY
+        if _node_type(legacy) == "array":
+            return legacy
+    return path
+
+
+def _array_dir(store: str | Path, pid: str, name: str) -> Path:
+    """Folder of logical array ``name`` of participant ``pid`` (see :func:`_array_dir_in`)."""
+    return _array_dir_in(_group_dir(store, pid), name)
+
+
+def _node_type(folder: Path) -> str | None:
+    """``"array"`` or ``"group"`` for a folder with a readable ``zarr.json``, else None."""
+    try:
+        return _read_json(folder / _ZARR_JSON).get("node_type")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _write_label_docs(labels_dir: Path, affine) -> None:
+    """The OME-Zarr metadata of a labels group folder whose array is in place: the
+    image-label's ``zarr.json``, then the ``labels`` group's (written last: a labels folder
+    with it is complete)."""
+    write_json_atomic(labels_dir / LABEL_IMAGE / _ZARR_JSON, label_image_doc(affine),
+                      fsync=True, allow_nan=False)
+    write_json_atomic(labels_dir / _ZARR_JSON, labels_group_doc(), fsync=True,
+                      allow_nan=False)
 
 
 def _check_array_name(name: str) -> str:
@@ -102,7 +152,8 @@ def ensure_store(store: str | Path) -> Path:
     doc = {
         "zarr_format": 3,
         "node_type": "group",
-        "attributes": {ATTRS_KEY: {"schema_version": SCHEMA_VERSION, "kind": "cohort"}},
+        "attributes": {ATTRS_KEY: {"schema_version": SCHEMA_VERSION, "kind": "cohort",
+                                   "layout": LAYOUT_VERSION}},
     }
     write_json_atomic(meta, doc, fsync=True, allow_nan=False)
     return root
@@ -135,12 +186,16 @@ def _as_stored_dtype(name: str, array: np.ndarray, pid: str) -> np.ndarray:
 
 
 def _array_names(gdir: Path) -> list[str]:
-    """Names of the complete arrays in group folder ``gdir``, sorted: sub-folders with their
-    own ``zarr.json``; hidden entries (temporary folders and files) are skipped."""
-    return sorted(
+    """Logical names of the complete arrays in group folder ``gdir``, sorted: sub-folders
+    that are Zarr arrays, and ``labels`` when its array is there (either layout); hidden
+    entries (temporary folders and files) are skipped."""
+    names = {
         p.name for p in gdir.iterdir()
-        if p.is_dir() and not p.name.startswith(".") and (p / _ZARR_JSON).is_file()
-    )
+        if p.is_dir() and not p.name.startswith(".") and _node_type(p) == "array"
+    }
+    if (_array_dir_in(gdir, LABELS_ARRAY) / _ZARR_JSON).is_file():
+        names.add(LABELS_ARRAY)
+    return sorted(names)
 
 
 # --------------------------------------------------------------------------------------------
@@ -196,7 +251,20 @@ def has_array(store: str | Path, pid: str, name: str) -> bool:
     """True when participant ``pid`` has a complete array ``name``."""
     _check_array_name(name)
     gdir = _group_dir(store, pid)
-    return (gdir / _ZARR_JSON).is_file() and (gdir / name / _ZARR_JSON).is_file()
+    return (gdir / _ZARR_JSON).is_file() and (_array_dir_in(gdir, name) / _ZARR_JSON).is_file()
+
+
+def array_names(store: str | Path, pid: str) -> list[str]:
+    """Logical names of participant ``pid``'s complete arrays, sorted (``fat``, ``labels``,
+    ``water``, ...).
+
+    Raises
+    ------
+    KeyError
+        when the store has no (complete) group for ``pid``.
+    """
+    meta, _ = _group_meta(store, pid)
+    return _array_names(meta.parent)
 
 
 def _open_zarr(store: str | Path, pid: str, name: str):
@@ -205,7 +273,7 @@ def _open_zarr(store: str | Path, pid: str, name: str):
 
     if not has_array(store, pid, name):
         raise KeyError(f"participant {pid}: no array {name!r} in store {_root(store)}")
-    return zarr.open_array(LocalStore(_group_dir(store, pid) / name, read_only=True), mode="r")
+    return zarr.open_array(LocalStore(_array_dir(store, pid, name), read_only=True), mode="r")
 
 
 def _encoding(z, store: str | Path, pid: str, name: str) -> tuple[dict | None, Any]:
@@ -218,7 +286,7 @@ def _encoding(z, store: str | Path, pid: str, name: str) -> tuple[dict | None, A
         return None, None
     floats = None
     if any(int(m) < 0 for m in meta["map_index"]):
-        path = _group_dir(store, pid) / name / FLOAT_SLICES
+        path = _array_dir(store, pid, name) / FLOAT_SLICES
         floats = zarr.open_array(LocalStore(path, read_only=True), mode="r")
     return meta, floats
 
@@ -241,11 +309,12 @@ def read_array(store: str | Path, pid: str, name: str) -> np.ndarray:
         raise explain(store, pid, name, e) from e
 
 
-def _check_intact(store: str | Path, pid: str, name: str) -> None:
+def _check_intact(store: str | Path, pid: str, name: str, *, full: bool = True) -> None:
     """The full integrity check of one array before it is read: every shard file against the
     CRC32C recorded when it was written (a missing shard would otherwise read as zeros, and a
     damaged byte in an incompressible chunk as a wrong value).  CRC32C runs at ~15 GB/s, and
-    the files it reads are then in the page cache for the decoder.
+    the files it reads are then in the page cache for the decoder.  ``full=False``: the cheap
+    check (each shard file there, with its size and sharding index), which reads no voxel.
 
     Raises
     ------
@@ -254,7 +323,7 @@ def _check_intact(store: str | Path, pid: str, name: str) -> None:
     """
     from pipelines.store.integrity import StoreDamaged, verify_array
 
-    problems, _ = verify_array(_group_dir(store, pid) / name, full=True)
+    problems, _ = verify_array(_array_dir(store, pid, name), full=full)
     if problems:
         raise StoreDamaged("; ".join(f"store {_root(store)}: participant {pid}: array "
                                      f"{name!r}: {f}: {what}" for f, what in problems))
@@ -265,10 +334,15 @@ def open_array(store: str | Path, pid: str, name: str) -> dask.array.Array:
     (inner) chunks.  The graph holds only the zarr array (store path + metadata), so it
     pickles and can be sent to workers.  Scaled-integer images are decoded chunk by chunk to
     their exact float32 values."""
+    return _lazy_array(store, pid, name, full_check=True)
+
+
+def _lazy_array(store: str | Path, pid: str, name: str, *, full_check: bool):
+    """:func:`open_array` after the full (``full_check``) or the cheap integrity check."""
     import dask.array as da
 
     z = _open_zarr(store, pid, name)
-    _check_intact(store, pid, name)
+    _check_intact(store, pid, name, full=full_check)
     x = da.from_zarr(z, chunks=z.chunks)
     meta, floats = _encoding(z, store, pid, name)
     if meta is None:
@@ -359,10 +433,12 @@ class GroupWriter:
         arr = self.check(name, array)
         if name in self.names:
             raise ValueError(f"participant {self.pid}: array {name!r} written twice")
+        dest = self.tmp / array_path(name)
+        dest.parent.mkdir(parents=True, exist_ok=True)
         if value_maps:
-            _create_array(self.tmp / name, arr, value_maps=value_maps)
+            _create_array(dest, arr, value_maps=value_maps)
         else:
-            _create_array(self.tmp / name, arr)
+            _create_array(dest, arr)
         self.names.append(name)
 
     def commit(self, attrs: GroupAttrs) -> None:
@@ -377,6 +453,8 @@ class GroupWriter:
                              f"the arrays' {self.shape}")
         if not self.names:
             raise ValueError(f"participant {self.pid}: no arrays to write")
+        if LABELS_ARRAY in self.names:
+            _write_label_docs(self.tmp / top_entry(LABELS_ARRAY), attrs.affine)
         doc = _group_doc(attrs.to_json(), self.names)
         write_json_atomic(self.tmp / _ZARR_JSON, doc, fsync=True, allow_nan=False)
         _replace_dir(self.tmp, self.root / self.pid)
@@ -401,7 +479,8 @@ def write_array(
 
     The array is written whole (every shard by this one call) under a temporary name inside
     the group folder, then renamed into place; ``attrs_update`` (if given) is then merged into
-    ``attrs["myocohort"]``.
+    ``attrs["myocohort"]``.  ``labels`` are written as the whole OME-Zarr ``labels`` group
+    (its image-label metadata and array), which also replaces a layout-1 labels array.
 
     Raises
     ------
@@ -419,12 +498,18 @@ def write_array(
         raise ValueError(
             f"participant {pid}: array {name!r} has shape {arr.shape}, group shape is {shape}"
         )
-    for p in _debris(gdir, name):
+    top = top_entry(name)
+    for p in _debris(gdir, top):
         shutil.rmtree(p, ignore_errors=True)
-    tmp = gdir / _tmp_name(name)
+    tmp = gdir / _tmp_name(top)
     try:
-        _create_array(tmp, arr)
-        _replace_dir(tmp, gdir / name)
+        # the folder renamed into place holds the array at its path below ``top``
+        staged = tmp.joinpath(*array_path(name).split("/")[1:])
+        staged.parent.mkdir(parents=True, exist_ok=True)
+        _create_array(staged, arr)
+        if name == LABELS_ARRAY:
+            _write_label_docs(tmp, doc["attributes"][ATTRS_KEY]["affine"])
+        _replace_dir(tmp, gdir / top)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -172,8 +172,10 @@ def expected_arrays(attrs) -> list[str]:
 
 def verify_group(store: str | Path, pid: str, *, full: bool = False,
                  arrays: list[str] | None = None) -> GroupReport:
-    """Check participant ``pid``'s arrays (default: every array its attributes say it holds)."""
-    from pipelines.store.groups import _group_dir, read_attrs
+    """Check participant ``pid``'s arrays (default: every array its attributes say it holds),
+    by their logical names, wherever the layout puts them (``labels`` at
+    ``labels/muscles/0``, or where a store not migrated yet has it)."""
+    from pipelines.store.groups import _array_dir_in, _group_dir, read_attrs
 
     report = GroupReport()
     gdir = _group_dir(store, pid)
@@ -184,7 +186,7 @@ def verify_group(store: str | Path, pid: str, *, full: bool = False,
                                        f"group metadata unreadable ({e})"))
         return report
     for name in arrays if arrays is not None else expected_arrays(attrs):
-        problems, recorded = verify_array(gdir / name, full=full)
+        problems, recorded = verify_array(_array_dir_in(gdir, name), full=full)
         if not recorded:
             report.unverified.append(name)
         report.problems += [Problem(str(store), pid, name, f, what) for f, what in problems]
@@ -240,9 +242,9 @@ def explain(store: str | Path, pid: str, name: str, error: BaseException) -> Sto
     """A decoding error of array ``name`` turned into :class:`StoreDamaged` naming the
     damaged file (found by a full check of the array), or the array folder when the record
     cannot tell."""
-    from pipelines.store.groups import _group_dir
+    from pipelines.store.groups import _array_dir
 
-    array_dir = _group_dir(store, pid) / name
+    array_dir = _array_dir(store, pid, name)
     try:
         problems, _ = verify_array(array_dir, full=True)
     except Exception:  # the check itself failed: name the folder
