@@ -97,20 +97,14 @@ def run(out_dir: Path, quick: bool) -> dict:
 
     out = np.empty_like(water)
     load_before = os.getloadavg()
-    # the engines measured: (name, config); the Numba ones with 1 thread (the default, one
-    # participant per Dask worker thread) and with every core, and the multi-pass Numba kernel
-    # (fused_pass=False) the one-pass kernel replaced, for comparison
+    # the engines measured: (name, config); the Numba one with 1 thread (the default, one
+    # participant per Dask worker thread) and with every core
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     configs = [("numpy", QuantifyConfig(cpu_engine="numpy"))]
     if numba_available():
         configs.append(("numba", QuantifyConfig(cpu_engine="numba", cpu_threads=1)))
         if (cores or 1) > 1:
             configs.append(("numba_all_cores", QuantifyConfig(cpu_engine="numba", cpu_threads=0)))
-        configs.append(("numba_multipass", QuantifyConfig(cpu_engine="numba", cpu_threads=1,
-                                                          fused_pass=False)))
-        if (cores or 1) > 1:
-            configs.append(("numba_multipass_all_cores", QuantifyConfig(
-                cpu_engine="numba", cpu_threads=0, fused_pass=False)))
     engines = [name for name, _ in configs]
     # interleaved: every repeat runs the baseline and each engine once, so a change of the
     # shared machine's load hits all of them alike; the best time of each is kept

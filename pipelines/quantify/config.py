@@ -42,25 +42,22 @@ class QuantifyConfig:
     max_whole_voxels : the ``"auto"`` switch point (voxels). Whole-array quantification holds
         about 21 bytes per voxel (water, fat, labels, ff); the default 32 M voxels is < 0.7 GB.
     cpu_engine : how the whole-array kernel runs on the CPU: ``"numpy"`` (one NumPy operation
-        per pass), ``"numba"`` (fused multi-threaded passes; needs Numba) or ``"auto"`` (Numba
-        when installed and the inputs are float32 images with integer labels). Both give the
-        same numbers; the Dask path and GPU always use the array-module kernels.
-    cpu_threads : threads of the Numba engine. 1 (default): single-threaded, no threading
-        layer; right for cohorts, where Dask already runs one participant per worker thread,
-        and immune to oversubscription on a busy machine. 0 = every core this process may
-        use; n > 1 = at most n (the one-pass kernel splits the volume into contiguous parts of
-        at least 1 M voxels run by Python threads; the multi-pass kernel uses Numba's
-        ``prange``), for one large participant on an idle machine (2 threads: 1.4x on the
-        benchmark, see docs/quantify.md).
-    fused_pass : let the Numba engine do everything in one pass over the images, classifying
-        voxels against a bracket of the floor taken from a signal sample, then fixing up the
-        few voxels inside the bracket once the exact floor is known (same numbers). Used when
-        the volume is large enough for the sample (> 400 000 voxels) and the floor fraction is
-        positive; if the bracket turns out wrong the multi-pass kernel runs instead. False
-        forces the multi-pass kernel.
+        per sweep), ``"numba"`` (one compiled pass over the images, classifying voxels
+        against a bracket of the floor taken from a signal sample; needs Numba) or ``"auto"``
+        (Numba when installed and the inputs are float32 images with integer labels). Both
+        give the same numbers; when the sampled bracket misses (rare) the Numba engine hands
+        the volume to the NumPy one. The Dask path and GPU always use the array-module
+        kernels.
+    cpu_threads : threads of the Numba engine. 1 (default): single-threaded; right for
+        cohorts, where Dask already runs one participant per worker thread, and immune to
+        oversubscription on a busy machine. 0 = every core this process may use; n > 1 = at
+        most n: the volume is split into contiguous parts of at least 1 M voxels run by Python
+        threads (the compiled code releases the GIL; no Numba threading layer), for one large
+        participant on an idle machine (2 threads: 1.4x on the benchmark, see
+        docs/quantify.md).
     histogram_bins : fat-fraction bins per class and muscle of the median histogram (any value
         gives exact medians; more bins = smaller refinement pass, larger accumulators).
-    slab_voxels : the whole-array kernel works through the arrays in flat slabs of this many
+    slab_voxels : the NumPy engine works through the arrays in flat slabs of this many
         voxels so its temporaries stay in CPU cache (CuPy arrays are processed in one slab).
     swap_ff, swap_fraction : a muscle whose share of valid voxels with ``ff >= swap_ff``
         exceeds ``swap_fraction`` raises the suspected water-fat swap flag. The default 0.8
@@ -88,7 +85,6 @@ class QuantifyConfig:
     max_whole_voxels: int = 32_000_000
     cpu_engine: CpuEngine = "auto"
     cpu_threads: int = 1
-    fused_pass: bool = True
     histogram_bins: int = 256
     slab_voxels: int = 1 << 19
     swap_ff: float = 0.5

@@ -4,6 +4,10 @@ Nothing here knows about Dask or the store.  The array module is taken from the 
 (:func:`array_namespace`), so the same code runs on a CPU worker with NumPy and on a GPU worker
 with CuPy.  CuPy is never imported unless a CuPy array is passed in.
 
+Which voxel counts as what, and where, is defined once in :mod:`pipelines.quantify.classify`
+(the rule, one voxel at a time, and the accumulator layout); :func:`classify_voxels`,
+:func:`muscle_voxels` and :func:`fat_fraction` are its array coding.
+
 How the numbers are reduced (details and the exactness argument: docs/quantify.md)
 -------------------------------------------------------------------------------------
 * Every per-muscle statistic comes from one pass over the muscle voxels of a block: each voxel
@@ -33,12 +37,15 @@ from typing import Any
 
 import numpy as np
 
-from schemas.vocabulary import N_LABELS
+from pipelines.quantify.classify import (
+    MAX_LABEL,
+    AccumulatorLayout,
+    Accumulators,
+    ff_map_floor,
+    ff_map_low,
+    valid_signal,
+)
 
-#: Largest label value of our vocabulary (0 = background, 1..18 muscles).
-MAX_LABEL = N_LABELS - 1
-#: Extra scalars at the end of the accumulator vector.
-_N_EXTRA = 5  # n_bad_label, sum|IP-(W+F)|, sum|OP-|W-F||, sum(W+F), n_ipop
 #: Target size of the strided sample used to bound the signal percentile from below.
 SAMPLE_SIZE = 200_000
 
@@ -72,92 +79,6 @@ def _flat(a):
 
 
 # --------------------------------------------------------------------------------------------
-# accumulator layout
-
-
-@dataclass(frozen=True)
-class AccumulatorLayout:
-    """Where each accumulator lives in the flat float64 vector a block reduces to.
-
-    ``counts`` (n_labels, 2*nbins + 1) voxel counts per label and slot; ``sums`` (n_labels, 2)
-    sums of ff over lean and InterMAT voxels; ``swap`` (n_labels,) valid voxels with
-    ``ff >= swap_ff``; then :data:`_N_EXTRA` scalars.  Counts are stored as float64: exact up
-    to 2**53 voxels.
-    """
-
-    nbins: int
-    n_labels: int = N_LABELS
-
-    @property
-    def n_slots(self) -> int:
-        return 2 * self.nbins + 1
-
-    @property
-    def low_slot(self) -> int:
-        return 2 * self.nbins
-
-    @property
-    def size(self) -> int:
-        return self.n_labels * (self.n_slots + 3) + _N_EXTRA
-
-    def unpack(self, vector: Any) -> Accumulators:
-        """Split a (summed) accumulator vector into named host arrays."""
-        v = to_numpy(vector).astype(np.float64, copy=False).reshape(-1)
-        if v.size != self.size:
-            raise ValueError(f"accumulator vector has {v.size} values, layout needs {self.size}")
-        nl, ns = self.n_labels, self.n_slots
-        o1 = nl * ns
-        o2 = o1 + 2 * nl
-        o3 = o2 + nl
-        counts = np.rint(v[:o1]).astype(np.int64).reshape(nl, ns)
-        sums = v[o1:o2].reshape(nl, 2).copy()
-        swap = np.rint(v[o2:o3]).astype(np.int64)
-        extra = v[o3:]
-        return Accumulators(
-            layout=self,
-            counts=counts,
-            ff_sums=sums,
-            n_swap=swap,
-            n_bad_label=int(round(extra[0])),
-            ip_deviation=float(extra[1]),
-            op_deviation=float(extra[2]),
-            signal_sum=float(extra[3]),
-            n_ipop=int(round(extra[4])),
-        )
-
-
-@dataclass(frozen=True)
-class Accumulators:
-    """Reduced per-label accumulators of one participant (host NumPy arrays)."""
-
-    layout: AccumulatorLayout
-    counts: np.ndarray  # (n_labels, n_slots) int64
-    ff_sums: np.ndarray  # (n_labels, 2) float64: sum ff over lean, over InterMAT voxels
-    n_swap: np.ndarray  # (n_labels,) int64
-    n_bad_label: int
-    ip_deviation: float
-    op_deviation: float
-    signal_sum: float
-    n_ipop: int
-
-    @property
-    def n_lean(self) -> np.ndarray:
-        return self.counts[:, : self.layout.nbins].sum(axis=1)
-
-    @property
-    def n_fat(self) -> np.ndarray:
-        return self.counts[:, self.layout.nbins : 2 * self.layout.nbins].sum(axis=1)
-
-    @property
-    def n_low(self) -> np.ndarray:
-        return self.counts[:, self.layout.low_slot]
-
-    @property
-    def n_voxels(self) -> np.ndarray:
-        return self.counts.sum(axis=1)
-
-
-# --------------------------------------------------------------------------------------------
 # signal floor
 
 
@@ -169,8 +90,8 @@ def signal_sample(water, fat, step: int) -> np.ndarray:
 
 
 def signal_tail(water, fat, threshold: float) -> tuple[int, np.ndarray]:
-    """(number of finite voxels, float64 ``W + F`` of the voxels whose ``W + F`` computed in
-    the input precision is ``>= threshold``) for one block.
+    """(number of finite voxels, float64 ``W + F`` of the finite voxels whose ``W + F``
+    computed in the input precision is ``>= threshold``) for one block.
 
     Selecting in the input precision and then recomputing in float64 keeps the exact float64
     order: rounding is monotone, so every voxel left out has a float64 sum no larger than any
@@ -179,9 +100,12 @@ def signal_tail(water, fat, threshold: float) -> tuple[int, np.ndarray]:
     xp = array_namespace(water, fat)
     w, f = _flat(water), _flat(fat)
     s = w + f
-    total = float(s.sum(dtype=xp.float64))
+    with np.errstate(invalid="ignore"):  # (+inf and -inf voxels sum to NaN)
+        total = float(s.sum(dtype=xp.float64))
     n_finite = int(s.size) if math.isfinite(total) else int(xp.count_nonzero(xp.isfinite(s)))
     sel = xp.flatnonzero(s >= s.dtype.type(threshold))
+    if n_finite < s.size:  # the percentile is over finite voxels: no +/-inf in the tail
+        sel = sel[xp.isfinite(s[sel])]
     tail = w[sel].astype(xp.float64) + f[sel]
     return n_finite, to_numpy(tail)
 
@@ -240,56 +164,104 @@ def percentile_from_tail(tail: np.ndarray, n_finite: int, q: float, n_above: int
 
 
 def fat_fraction(water, fat, *, floor: float, out=None, scratch=None):
-    """Voxel fat fraction ``F / (W + F)`` as float32, NaN where the voxel is low-signal.
+    """Voxel fat fraction ``F / (W + F)`` as float32, NaN where the voxel is low-signal
+    (:func:`~pipelines.quantify.classify.ff_map_low`): the array coding of
+    :func:`~pipelines.quantify.classify.ff_map_value`.
 
     Parameters
     ----------
     water, fat : arrays of one shape (any float dtype; NumPy or CuPy).
-    floor : signal floor (same units as ``W + F``); voxels with ``W + F < floor`` (or
-        ``W + F <= 0``, or not finite) are NaN.
+    floor : signal floor (same units as ``W + F``); voxels whose ``W + F`` (in the input
+        precision) is below the floor rounded to that precision, or ``<= 0``, are NaN (and so
+        are non-finite ones, through the division).
     out : optional float32 output array of the same shape.
-    scratch : optional float32 array of the same shape reused for ``W + F``.
+    scratch : optional array of the same shape and the inputs' dtype reused for ``W + F``.
     """
     xp = array_namespace(water, fat)
-    s = xp.add(water, fat, out=scratch) if scratch is not None else water + fat
     if out is None:
-        out = xp.empty(s.shape, dtype=xp.float32)
-    with np.errstate(divide="ignore", invalid="ignore"):
+        out = xp.empty(water.shape, dtype=xp.float32)
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+        s = xp.add(water, fat, out=scratch)
         xp.divide(fat, s, out=out)
-    if floor > 0:
-        xp.copyto(out, xp.float32(np.nan), where=xp.less(s, s.dtype.type(floor)))
-    else:
-        xp.copyto(out, xp.float32(np.nan), where=xp.less_equal(s, 0))
+    xp.copyto(out, xp.float32(np.nan), where=ff_map_low(s, ff_map_floor(floor, s.dtype)))
     return out
 
 
 @dataclass(frozen=True)
-class MuscleVoxels:
-    """The muscle voxels (labels != 0) of a block, flat, with their keys.
+class VoxelClasses:
+    """:func:`classify_voxels`' answer, one value per voxel (input array module).
 
-    ``label`` (intp; values above :data:`MAX_LABEL` replaced by 0), ``bad`` (label was above
-    :data:`MAX_LABEL`), ``signal`` (float64 ``W + F``), ``valid`` (not low-signal), ``ff``
-    (float64 fat fraction, 0 where not valid), ``is_fat`` (valid and ``ff >= fat_threshold``),
-    ``key`` (``label * n_slots + slot``), ``water``/``fat`` (float64), ``index`` (flat positions
-    in the block).
+    ``water``, ``fat``, ``signal`` (float64 ``W``, ``F``, ``W + F``); ``valid``; ``ff``
+    (float64, 0 where not valid); ``intermat`` (valid and ``ff >= fat_threshold``); ``swap``
+    (valid and ``ff >= swap_ff``); ``slot`` (int64 histogram slot within the label's row, -1
+    where the floor bracket leaves the voxel undecided).
     """
 
-    index: Any
-    label: Any
-    bad: Any
     water: Any
     fat: Any
     signal: Any
     valid: Any
     ff: Any
-    is_fat: Any
+    intermat: Any
+    swap: Any
+    slot: Any
+
+
+def classify_voxels(water, fat, flo: float, fhi: float, *, fat_threshold: float,
+                    swap_ff: float, nbins: int) -> VoxelClasses:
+    """The array coding of :func:`~pipelines.quantify.classify.classify_voxel` (the rule is
+    stated there; tests/quantify/test_classify.py checks both agree): every voxel of
+    ``water``/``fat`` classified for a floor bracketed by ``flo <= fhi`` (``flo == fhi``: the
+    exact floor)."""
+    xp = array_namespace(water, fat)
+    layout = AccumulatorLayout(nbins)
+    w = water.astype(xp.float64)
+    f = fat.astype(xp.float64)
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):  # (inf - inf, x / 0)
+        s = w + f
+        ff = f / s
+    valid = valid_signal(s, fhi)
+    low = ~valid if flo == fhi else ~valid_signal(s, flo)
+    ff[~valid] = 0.0
+    intermat = valid & (ff >= fat_threshold)
+    # clipped before the conversion to an integer, which is undefined out of range
+    slot = xp.clip(ff * nbins, 0.0, nbins - 1.0).astype(xp.int64)
+    slot += intermat * nbins
+    slot[low] = layout.low_slot
+    if flo != fhi:
+        slot[~valid & ~low] = -1
+    return VoxelClasses(w, f, s, valid, ff, intermat, valid & (ff >= swap_ff), slot)
+
+
+def label_rows(labels):
+    """(accumulator row, bad) per label value: the array coding of
+    :func:`~pipelines.quantify.classify.label_row` (a bad label, outside ``0..MAX_LABEL``,
+    goes to row 0)."""
+    xp = array_namespace(labels)
+    bad = (labels < 0) | (labels > MAX_LABEL)
+    return xp.where(bad, 0, labels).astype(xp.intp), bad
+
+
+@dataclass(frozen=True)
+class MuscleVoxels:
+    """The muscle voxels (labels != 0) of a block, flat, classified.
+
+    ``index`` (flat positions in the block); ``label`` (intp accumulator row: the label, 0
+    for a bad label, i.e. outside ``0..MAX_LABEL``); ``bad``; ``cls`` (:class:`VoxelClasses`
+    for the exact floor); ``key`` (``label * n_slots + slot``).
+    """
+
+    index: Any
+    label: Any
+    bad: Any
+    cls: VoxelClasses
     key: Any
 
 
-def muscle_voxels(water, fat, labels, *, floor: float, fat_threshold: float, nbins: int,
-                  index=None) -> MuscleVoxels:
-    """Gather a block's muscle voxels and classify them (the single definition of valid, lean,
-    InterMAT and histogram slot that every reduction uses).
+def muscle_voxels(water, fat, labels, *, floor: float, fat_threshold: float, swap_ff: float,
+                  nbins: int, index=None) -> MuscleVoxels:
+    """Gather a block's muscle voxels and classify them (:func:`classify_voxels`,
+    :func:`label_rows`).
 
     ``index`` (flat positions of the muscle voxels) may be given when already known.
     """
@@ -297,52 +269,37 @@ def muscle_voxels(water, fat, labels, *, floor: float, fat_threshold: float, nbi
     layout = AccumulatorLayout(nbins)
     lab = _flat(labels)
     idx = xp.flatnonzero(lab) if index is None else index
-    lm = lab[idx]
-    bad = lm > MAX_LABEL
-    lm = xp.where(bad, 0, lm).astype(xp.intp)
-    w = _flat(water)[idx].astype(xp.float64)
-    f = _flat(fat)[idx].astype(xp.float64)
-    s = w + f
-    # NaN compares False, so non-finite voxels are low-signal like those under the floor
-    valid = (s >= floor if floor > 0 else s > 0) & (s < np.inf)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ff = f / s
-    ff[~valid] = 0.0
-    is_fat = valid & (ff >= fat_threshold)
-    fat_i = is_fat.astype(xp.intp)
-    b = (ff * nbins).astype(xp.intp)  # ff >= 0 rounds down like floor; clip handles the rest
-    xp.clip(b, 0, nbins - 1, out=b)
-    b += fat_i * nbins
-    b[~valid] = layout.low_slot
-    b += lm * layout.n_slots
-    return MuscleVoxels(idx, lm, bad, w, f, s, valid, ff, is_fat, b)
+    row, bad = label_rows(lab[idx])
+    cls = classify_voxels(_flat(water)[idx], _flat(fat)[idx], floor, floor,
+                          fat_threshold=fat_threshold, swap_ff=swap_ff, nbins=nbins)
+    return MuscleVoxels(idx, row, bad, cls, row * layout.n_slots + cls.slot)
 
 
-def accumulate_voxels(mv: MuscleVoxels, in_phase=None, opposed_phase=None, *, nbins: int,
-                      swap_ff: float):
-    """The accumulator vector (float64, input array module) of gathered muscle voxels:
-    one ``bincount`` of the keys and one weighted ``bincount`` of ff per (label, class).
-    ``in_phase``/``opposed_phase`` are the whole blocks (gathered here at ``mv.index``)."""
-    xp = array_namespace(mv.ff)
+def accumulate_voxels(mv: MuscleVoxels, in_phase=None, opposed_phase=None, *, nbins: int):
+    """The accumulator vector (float64, input array module, :class:`AccumulatorLayout`) of
+    gathered muscle voxels: one ``bincount`` of the keys, one weighted ``bincount`` of ff per
+    (label, class), one of the swap-check voxels.  ``in_phase``/``opposed_phase`` are the
+    whole blocks (gathered here at ``mv.index``)."""
+    xp = array_namespace(mv.key)
     layout = AccumulatorLayout(nbins)
-    nl, ns = layout.n_labels, layout.n_slots
+    o, nl = layout.offsets, layout.n_labels
     out = xp.zeros(layout.size, dtype=xp.float64)
     if mv.key.size == 0:
         return out
-    o1, o2, o3 = nl * ns, nl * ns + 2 * nl, nl * ns + 3 * nl
-    out[:o1] = xp.bincount(mv.key, minlength=o1)
-    out[o1:o2] = xp.bincount(mv.label * 2 + mv.is_fat, weights=mv.ff, minlength=nl * 2)
-    out[o2:o3] = xp.bincount(mv.label[mv.valid & (mv.ff >= swap_ff)], minlength=nl)
-    out[o3] = xp.count_nonzero(mv.bad)
+    c = mv.cls
+    out[: o.sums] = xp.bincount(mv.key, minlength=o.sums)
+    out[o.sums: o.swap] = xp.bincount(mv.label * 2 + c.intermat, weights=c.ff, minlength=2 * nl)
+    out[o.swap: o.bad] = xp.bincount(mv.label[c.swap], minlength=nl)
+    out[o.bad] = xp.count_nonzero(mv.bad)
     if in_phase is not None and opposed_phase is not None:
-        vi = xp.flatnonzero(mv.valid & ~mv.bad)
+        vi = xp.flatnonzero(c.valid & ~mv.bad)
         ip = _flat(in_phase)[mv.index[vi]].astype(xp.float64)
         op = _flat(opposed_phase)[mv.index[vi]].astype(xp.float64)
-        sv, wv, fv = mv.signal[vi], mv.water[vi], mv.fat[vi]
-        out[o3 + 1] = xp.abs(ip - sv).sum()
-        out[o3 + 2] = xp.abs(op - xp.abs(wv - fv)).sum()
-        out[o3 + 3] = sv.sum()
-        out[o3 + 4] = vi.size
+        sv, wv, fv = c.signal[vi], c.water[vi], c.fat[vi]
+        out[o.ip] = xp.abs(ip - sv).sum()
+        out[o.op] = xp.abs(op - xp.abs(wv - fv)).sum()
+        out[o.signal] = sv.sum()
+        out[o.n_ipop] = vi.size
     return out
 
 
@@ -362,12 +319,13 @@ def accumulate_muscles(
 
     One pass over the block's muscle voxels (labels != 0): a ``bincount`` over
     ``label * n_slots + slot`` and a weighted ``bincount`` of ff per (label, class).  Label
-    values above :data:`MAX_LABEL` are counted (``n_bad_label``), not reduced.  With in-phase
+    values outside ``0..MAX_LABEL`` are counted (``n_bad_label``), not reduced.  With in-phase
     and opposed-phase blocks, the deviations ``|IP - (W + F)|`` and ``|OP - |W - F||`` over
     valid muscle voxels are summed for the swap check.  Vectors of several blocks add up.
     """
-    mv = muscle_voxels(water, fat, labels, floor=floor, fat_threshold=fat_threshold, nbins=nbins)
-    return accumulate_voxels(mv, in_phase, opposed_phase, nbins=nbins, swap_ff=swap_ff)
+    mv = muscle_voxels(water, fat, labels, floor=floor, fat_threshold=fat_threshold,
+                       swap_ff=swap_ff, nbins=nbins)
+    return accumulate_voxels(mv, in_phase, opposed_phase, nbins=nbins)
 
 
 @dataclass(frozen=True)
@@ -418,16 +376,18 @@ def select_keys(mv: MuscleVoxels, keys: np.ndarray, *, nbins: int
     wanted = xp.zeros(layout.n_labels * layout.n_slots, dtype=bool)
     wanted[xp.asarray(keys)] = True
     sel = xp.flatnonzero(wanted[mv.key])
-    return to_numpy(mv.key[sel]).astype(np.int64), to_numpy(mv.ff[sel])
+    return to_numpy(mv.key[sel]).astype(np.int64), to_numpy(mv.cls.ff[sel])
 
 
 def gather_median_candidates(
-    water, fat, labels, *, floor: float, fat_threshold: float, nbins: int, keys: np.ndarray
+    water, fat, labels, *, floor: float, fat_threshold: float, swap_ff: float, nbins: int,
+    keys: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """(keys, ff) on the host of a block's valid muscle voxels whose accumulator key is one of
     ``keys``: the only voxels the exact medians need.  Keys are computed by the same
     :func:`muscle_voxels` as the accumulators."""
-    mv = muscle_voxels(water, fat, labels, floor=floor, fat_threshold=fat_threshold, nbins=nbins)
+    mv = muscle_voxels(water, fat, labels, floor=floor, fat_threshold=fat_threshold,
+                       swap_ff=swap_ff, nbins=nbins)
     return select_keys(mv, keys, nbins=nbins)
 
 
@@ -457,7 +417,7 @@ def finalize_medians(targets: MedianTargets, keys: np.ndarray, values: np.ndarra
 
 
 def bad_label_values(labels) -> list[int]:
-    """Sorted distinct label values above :data:`MAX_LABEL` (error reporting only)."""
+    """Sorted distinct label values outside ``0..MAX_LABEL`` (error reporting only)."""
     xp = array_namespace(labels)
     lab = _flat(labels)
-    return [int(v) for v in to_numpy(xp.unique(lab[lab > MAX_LABEL]))]
+    return [int(v) for v in to_numpy(xp.unique(lab[(lab < 0) | (lab > MAX_LABEL)]))]

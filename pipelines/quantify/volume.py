@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pipelines.quantify.classify import ff_map_floor
 from pipelines.quantify.kernels import (
     SAMPLE_SIZE,
     AccumulatorLayout,
@@ -28,9 +29,11 @@ from pipelines.quantify.kernels import (
     accumulate_voxels,
     array_namespace,
     candidate_threshold,
+    classify_voxels,
     fat_fraction,
     finalize_medians,
     gather_median_candidates,
+    label_rows,
     median_targets,
     muscle_voxels,
     percentile_from_tail,
@@ -70,6 +73,7 @@ def _kw(config: QuantifyConfig, floor: float) -> dict[str, Any]:
     return {
         "floor": floor,
         "fat_threshold": config.fat_threshold,
+        "swap_ff": config.swap_ff,
         "nbins": config.histogram_bins,
     }
 
@@ -96,7 +100,7 @@ def _floor_from(tail_fn, sample: np.ndarray | None, n_total: int, config: Quanti
 
 
 def numba_available() -> bool:
-    """True when Numba imports (the fused CPU engine can be used)."""
+    """True when Numba imports (the one-pass CPU engine can be used)."""
     try:
         import numba  # noqa: F401
     except Exception:  # not installed, or broken against this NumPy
@@ -164,46 +168,44 @@ def _threads(config: QuantifyConfig) -> int:
     return max(1, cores or 1) if config.cpu_threads == 0 else config.cpu_threads
 
 
-def _median_window(ffs: np.ndarray, labs: np.ndarray, *, n_labels: int, nbins: int,
-                   fat_threshold: float) -> np.ndarray:
+def _median_window(slots: np.ndarray, labs: np.ndarray, *, layout: AccumulatorLayout
+                   ) -> np.ndarray:
     """Accumulator keys (bool table, ``n_labels * n_slots``) holding each label's median ff
-    with overwhelming probability, from the sampled valid muscle voxels (``ffs``, ``labs``):
-    the histogram slots between the sample's order statistics 8 binomial standard deviations
-    either side of its middle; every slot of a label with fewer than
-    :data:`_WINDOW_MIN_SAMPLES` samples.  Only a speed hint: the caller checks that the
-    median slots found by the pass lie inside it."""
-    n_slots = 2 * nbins + 1
-    want = np.zeros((n_labels, n_slots), dtype=np.bool_)
-    want[:, : 2 * nbins] = True
-    counts = np.bincount(labs, minlength=n_labels)
-    order = np.argsort(labs, kind="stable")
-    starts = _exclusive_cumsum(counts)
-    for lab in np.flatnonzero(counts >= _WINDOW_MIN_SAMPLES):
-        m = int(counts[lab])
-        d = 4.0 * math.sqrt(m) + 8.0  # 8 standard deviations of Binomial(m, 1/2), in ranks
-        lo, hi = int(math.floor(m / 2.0 - d)), int(math.ceil(m / 2.0 + d))
-        if lo < 0 or hi >= m:
-            continue
-        v = np.partition(ffs[order[starts[lab]:starts[lab] + m]], [lo, hi])[[lo, hi]]
-        slots = np.clip((v * nbins).astype(np.int64), 0, nbins - 1)
-        slots += np.where(v >= fat_threshold, nbins, 0)
-        want[lab] = False
-        want[lab, slots[0]: slots[1] + 1] = True
-    return want.reshape(-1)
+    with overwhelming probability, from the slots of the sampled valid muscle voxels
+    (``slots``, ``labs``): the slots between the sample's order statistics 8 binomial standard
+    deviations either side of its middle; every slot of a label with fewer than
+    :data:`_WINDOW_MIN_SAMPLES` samples.  Slots are in ff order, so those order statistics'
+    slots come from the sample's per-label slot histogram.  Only a speed hint: the caller
+    checks that the median slots found by the pass lie inside it."""
+    nl, ns = layout.n_labels, layout.n_slots
+    hist = np.bincount(labs * ns + slots, minlength=nl * ns).reshape(nl, ns)
+    cum = np.cumsum(hist, axis=1)
+    m = cum[:, -1]
+    d = 4.0 * np.sqrt(m) + 8.0  # 8 standard deviations of Binomial(m, 1/2), in ranks
+    lo = np.floor(m / 2.0 - d).astype(np.int64)
+    hi = np.ceil(m / 2.0 + d).astype(np.int64)
+    # the slot holding (0-based) rank r: the number of slots whose cumulative count is <= r
+    s_lo = (cum <= lo[:, None]).sum(axis=1)
+    s_hi = (cum <= hi[:, None]).sum(axis=1)
+    narrow = (m >= _WINDOW_MIN_SAMPLES) & (lo >= 0) & (hi < m)
+    slot = np.arange(ns)
+    window = (slot >= s_lo[:, None]) & (slot <= s_hi[:, None])
+    return np.where(narrow[:, None], window, slot < layout.low_slot).reshape(-1)
 
 
 _WINDOW_MIN_SAMPLES = 400
 
 
 def _quantify_volume_fused(w, f, lab, ip, op, *, config: QuantifyConfig, want_ff: bool,
-                           shape, step: int, out: np.ndarray | None) -> VolumeResult | None:
-    """One pass over the images (:func:`pipelines.quantify._numba.fused_pass`), split into
-    ``cpu_threads`` contiguous parts run by as many threads (the compiled code releases the
-    GIL); before it, a strided sample (every ``step``-th voxel) brackets the signal
-    percentile and the floor and gives each muscle's median window; after it, small
+                           shape, out: np.ndarray | None) -> VolumeResult | None:
+    """The Numba engine: one pass over the images
+    (:func:`pipelines.quantify._numba.fused_pass`), split into ``cpu_threads`` contiguous
+    parts run by as many threads (the compiled code releases the GIL); before it, a strided
+    sample brackets the signal percentile and the floor and gives each muscle's median
+    window (a volume small enough to be its own sample gets the exact floor); after it, small
     fix-ups once the exact floor is known.  Every step runs per part in the same threads.
     None when a sampled bracket or window is unavailable or turns out wrong (the caller then
-    runs the multi-pass kernel): correctness never depends on the sample."""
+    runs the NumPy kernels): correctness never depends on the sample."""
     n = w.size
     blk = 1 << 16  # voxels per block of the pass (larger blocks: less per-block overhead)
     threads = min(_threads(config), max(1, n // _MIN_PART_VOXELS))
@@ -211,7 +213,7 @@ def _quantify_volume_fused(w, f, lab, ip, op, *, config: QuantifyConfig, want_ff
     size = -(-size // blk) * blk
     parts = [(a, min(a + size, n)) for a in range(0, n, size)]
     run = partial(_fused, w, f, lab, ip, op, config=config, want_ff=want_ff, shape=shape,
-                  step=step, out=out, parts=parts, blk=blk)
+                  step=max(1, n // SAMPLE_SIZE), out=out, parts=parts, blk=blk)
     if len(parts) == 1:
         return run(pmap=lambda fn, xs: list(map(fn, xs)))
     from concurrent.futures import ThreadPoolExecutor
@@ -223,13 +225,13 @@ def _quantify_volume_fused(w, f, lab, ip, op, *, config: QuantifyConfig, want_ff
 def _fused(w, f, lab, ip, op, *, config: QuantifyConfig, want_ff: bool, shape, step: int,
            out: np.ndarray | None, parts, blk: int, pmap) -> VolumeResult | None:
     from pipelines.quantify import _numba
-    from pipelines.quantify.kernels import MAX_LABEL
 
     n = w.size
     q = config.signal_floor_percentile
     frac = config.signal_floor_fraction
     nbins = int(config.histogram_bins)
     fat_threshold = float(config.fat_threshold)
+    swap_ff = float(config.swap_ff)
     layout = AccumulatorLayout(nbins)
 
     def sample_part(ab):  # every step-th voxel of the whole volume that lies in the part
@@ -239,31 +241,41 @@ def _fused(w, f, lab, ip, op, *, config: QuantifyConfig, want_ff: bool, shape, s
 
     sampled = pmap(sample_part, parts)
     w_all, f_all, l_all = (np.concatenate([p[k] for p in sampled]) for k in range(3))
-    f_all = f_all.astype(np.float64)
-    s_all = w_all + f_all
+    s_all = w_all + f_all.astype(np.float64)
     finite = np.isfinite(s_all)
-    bracket = _sample_bracket(s_all[finite], n, q)
-    if bracket is None or not frac > 0:
-        return None
-    t_lo, t_hi = bracket
-    flo, fhi = frac * t_lo, frac * t_hi
-    if not (flo > 0 and math.isfinite(fhi)):
-        return None
-    muscle = finite & (s_all >= fhi) & (l_all > 0) & (l_all <= MAX_LABEL)
-    want = _median_window(f_all[muscle] / s_all[muscle], l_all[muscle],
-                          n_labels=layout.n_labels, nbins=nbins, fat_threshold=fat_threshold)
+    if step == 1:  # the sample is the whole volume: the exact floor before the pass, and
+        # every median candidate kept (few)
+        if not finite.any():
+            return None
+        exact = percentile_from_tail(s_all[finite], int(finite.sum()), q)
+        t_lo = t_hi = math.inf  # no tail to gather
+        flo = fhi = frac * exact
+        want = np.ones(layout.n_labels * layout.n_slots, dtype=np.bool_)
+    else:
+        exact = None
+        bracket = _sample_bracket(s_all[finite], n, q)
+        if bracket is None:
+            return None
+        t_lo, t_hi = bracket
+        flo, fhi = frac * t_lo, frac * t_hi
+        rows = label_rows(l_all)[0]
+        sub = rows > 0  # the muscle voxels (good labels)
+        cls = classify_voxels(w_all[sub], f_all[sub], fhi, fhi, fat_threshold=fat_threshold,
+                              swap_ff=swap_ff, nbins=nbins)
+        want = _median_window(cls.slot[cls.valid], rows[sub][cls.valid], layout=layout)
     dt = w.dtype.type
     has_ipop = ip is not None and op is not None
     ff = _ff_buffer(out, n, shape) if want_ff else np.empty(0, dtype=np.float32)
     skip8 = lab.dtype == np.uint8
+    lay = layout.offsets
 
     def one_pass(ab):
         a, b = ab
         return _numba.fused_pass(
             w[a:b], f[a:b], lab[a:b], ip[a:b] if has_ipop else w[a:b],
             op[a:b] if has_ipop else f[a:b], has_ipop, want_ff, ff[a:b] if want_ff else ff,
-            a, blk, dt(t_lo), dt(t_hi), dt(flo), dt(fhi), flo, fhi, fat_threshold, nbins,
-            float(config.swap_ff), layout.n_labels, MAX_LABEL, skip8, want)
+            a, blk, dt(t_lo), dt(t_hi), ff_map_floor(flo, w.dtype), ff_map_floor(fhi, w.dtype),
+            flo, fhi, fat_threshold, swap_ff, lay, skip8, want)
 
     # (float32 bounds give sets of voxels that are contiguous in float64 order too, rounding
     # being monotone; percentile_from_tail checks the needed ranks fall in the gathered set)
@@ -271,36 +283,36 @@ def _fused(w, f, lab, ip, op, *, config: QuantifyConfig, want_ff: bool, shape, s
     n_finite = sum(int(o[0]) for o in outs)
     if n_finite == 0:
         raise ValueError("water + fat is not finite anywhere in the volume")
-    n_above = sum(int(o[1]) for o in outs)
-    tail = np.concatenate([o[2] for o in outs])
-    pct = percentile_from_tail(tail, n_finite, q, n_above)
+    pct = exact
     if pct is None:
-        log.info("signal percentile outside the sampled bracket [%.6g, %.6g]: multi-pass "
-                 "kernel", t_lo, t_hi)
-        return None
+        n_above = sum(int(o[1]) for o in outs)
+        tail = np.concatenate([o[2] for o in outs])
+        pct = percentile_from_tail(tail, n_finite, q, n_above)
+        if pct is None:
+            log.info("signal percentile outside the sampled bracket [%.6g, %.6g]: NumPy "
+                     "kernels", t_lo, t_hi)
+            return None
     floor = frac * pct
     if not flo <= floor <= fhi:
-        log.info("signal floor %.6g outside the sampled bracket [%.6g, %.6g]: multi-pass "
-                 "kernel", floor, flo, fhi)
+        log.info("signal floor %.6g outside the sampled bracket [%.6g, %.6g]: NumPy kernels",
+                 floor, flo, fhi)
         return None
     mdef = np.concatenate([o[4] for o in outs])
-    dc, ds, dsw, dex, dval, dkey = _numba.deferred_muscles(
+    dacc, dval, dkey = _numba.deferred_muscles(
         w, f, lab, ip if has_ipop else w, op if has_ipop else f, has_ipop, mdef, float(floor),
-        fat_threshold, nbins, float(config.swap_ff), layout.n_labels, MAX_LABEL)
-    counts = dc + sum(o[7] for o in outs)
-    acc = layout.unpack(np.concatenate([
-        counts.astype(np.float64), ds + sum(o[8] for o in outs),
-        (dsw + sum(o[9] for o in outs)).astype(np.float64), dex + sum(o[10] for o in outs)]))
+        fat_threshold, swap_ff, lay)
+    acc = layout.unpack(dacc + sum(o[7] for o in outs))
     targets = median_targets(acc)
     gkeys = targets.keys
     if not want[gkeys].all():
-        log.info("a median outside its sampled window: multi-pass kernel")
+        log.info("a median outside its sampled window: NumPy kernels")
         return None
     # the median candidates grouped by key: each part (and the deferred voxels, all kept)
-    # writes its share at positions known from its own histogram: no sort, no merge
+    # writes its share at positions known from its own histogram (a key is also its count's
+    # index in the accumulator vector): no sort, no merge
     group = np.full(layout.n_labels * layout.n_slots, -1, dtype=np.int64)
     group[gkeys] = np.arange(gkeys.size)
-    per_source = np.stack([o[7][gkeys] for o in outs] + [dc[gkeys]])  # (sources, groups)
+    per_source = np.rint(np.stack([o[7][gkeys] for o in outs] + [dacc[gkeys]])).astype(np.int64)
     gcount = per_source.sum(axis=0)
     pos0 = _exclusive_cumsum(gcount) + np.vstack([np.zeros((1, gkeys.size), np.int64),
                                                   np.cumsum(per_source, axis=0)[:-1]])
@@ -314,7 +326,7 @@ def _fused(w, f, lab, ip, op, *, config: QuantifyConfig, want_ff: bool, shape, s
         if not np.array_equal(pos, pos0[i] + per_source[i]):
             raise RuntimeError("median candidates: fewer voxels than the histogram counted")
         if want_ff and i < len(outs) and outs[i][3].size:
-            _numba.fix_ff(w, f, ff, outs[i][3], _numba.FIX_RUN, dt(floor))
+            _numba.fix_ff(w, f, ff, outs[i][3], _numba.FIX_RUN, ff_map_floor(floor, w.dtype))
 
     pmap(settle, range(len(sources)))
     medians = finalize_medians(targets, np.repeat(gkeys, gcount), values, keys_sorted=True)
@@ -332,73 +344,6 @@ def _ff_buffer(out: np.ndarray | None, n: int, shape) -> np.ndarray:
                          f"{tuple(shape)}, got {type(out).__name__} "
                          f"{getattr(out, 'dtype', '?')} {getattr(out, 'shape', '?')}")
     return out.reshape(-1)
-
-
-def _quantify_volume_numba(w, f, lab, ip, op, *, config: QuantifyConfig, want_ff: bool,
-                           shape, out: np.ndarray | None) -> VolumeResult:
-    """The whole-array kernel with the fused Numba passes (same numbers as the NumPy one)."""
-    import numba
-
-    from pipelines.quantify import _numba
-    from pipelines.quantify.kernels import MAX_LABEL
-
-    n = w.size
-    step = max(1, n // SAMPLE_SIZE)
-    if config.fused_pass:
-        res = _quantify_volume_fused(w, f, lab, ip, op, config=config, want_ff=want_ff,
-                                     shape=shape, step=step, out=out)
-        if res is not None:
-            return res
-    sample = signal_sample(w, f, step)
-    if config.cpu_threads == 1:
-        K = _numba.SERIAL
-    else:
-        K = _numba.PARALLEL
-        if config.cpu_threads:  # thread-local setting: affects only this worker thread
-            numba.set_num_threads(min(config.cpu_threads, numba.config.NUMBA_NUM_THREADS))
-    # fine slabs (64 k voxels) for counting, so the tail pass skips slabs with no tail voxel
-    # (air at the edges of the field of view); main slabs (a whole number of fine slabs,
-    # at most ~64 of them) carry the per-slab accumulators
-    fine = 1 << 16
-    n_fine = -(-n // fine)
-    group = max(-(-config.slab_voxels // fine), -(-n_fine // 64))
-    slab = fine * group
-    q = config.signal_floor_percentile
-    t = candidate_threshold(sample, n, q)
-    t32 = w.dtype.type(t)
-    cnt_fine = K.count_pass(w, f, lab, t32, fine)
-    tail = np.empty(int(cnt_fine[:, 0].sum()), dtype=np.float64)
-    K.tail_pass(w, f, t32, fine, _exclusive_cumsum(cnt_fine[:, 0]), cnt_fine[:, 0], tail)
-    pad = (-n_fine) % group
-    cnt = np.concatenate([cnt_fine, np.zeros((pad, 3), np.int64)]).reshape(-1, group, 3).sum(1)
-    first = [(int(cnt[:, 1].sum()), tail)]
-    idx = np.empty(int(cnt[:, 2].sum()), dtype=np.int64)
-    mkey = np.empty(idx.size, dtype=np.int32)
-
-    def tail_fn(thr: float) -> tuple[int, np.ndarray]:
-        return first.pop() if first else signal_tail(w, f, thr)
-
-    floor, pct, n_finite = _floor_from(tail_fn, None, n, config, first_threshold=t)
-    ff = _ff_buffer(out, n, shape) if want_ff else np.empty(0, dtype=np.float32)
-    layout = AccumulatorLayout(config.histogram_bins)
-    has_ipop = ip is not None and op is not None
-    kw = (float(floor), float(config.fat_threshold), int(config.histogram_bins))
-    counts, sums, swap, extra = K.main_pass(
-        w, f, lab, ip if has_ipop else w, op if has_ipop else f, has_ipop, want_ff, ff,
-        kw[0], w.dtype.type(floor), kw[1], kw[2], float(config.swap_ff), layout.n_labels,
-        MAX_LABEL, slab, lab.dtype == np.uint8, _exclusive_cumsum(cnt[:, 2]), idx, mkey,
-    )
-    vec = np.concatenate([counts.sum(axis=0).astype(np.float64), sums.sum(axis=0),
-                          swap.sum(axis=0).astype(np.float64), extra.sum(axis=0)])
-    acc = layout.unpack(vec)
-    targets = median_targets(acc)
-    wanted = np.zeros(layout.n_labels * layout.n_slots, dtype=np.bool_)
-    wanted[targets.keys] = True
-    total = int(acc.counts.reshape(-1)[targets.keys].sum())
-    keys, values = K.select_by_key(w, f, idx, mkey, wanted, total)
-    medians = finalize_medians(targets, keys, values)
-    return VolumeResult(floor, pct, n_finite, acc, medians,
-                        ff.reshape(shape) if want_ff else None)
 
 
 def quantify_volume(
@@ -430,7 +375,7 @@ def quantify_volume(
     sampled bound and the muscle voxel positions, (2) the ff map, (3) the per-muscle
     reductions and median candidates on the muscle voxels only.  Numba engine (CPU, float32
     images): one pass with the floor bracketed from a sample, see
-    :func:`_quantify_volume_fused` (the multi-pass kernel when the bracket is unavailable or
+    :func:`_quantify_volume_fused` (the NumPy kernels when a bracket is unavailable or
     missed).
     """
     xp = array_namespace(water, fat, labels)
@@ -441,8 +386,10 @@ def quantify_volume(
         ip = xp.ascontiguousarray(in_phase).reshape(-1)
         op = xp.ascontiguousarray(opposed_phase).reshape(-1)
     if _use_numba(config, xp, (w, f, lab)):
-        return _quantify_volume_numba(w, f, lab, ip, op, config=config, want_ff=want_ff,
-                                      shape=shape, out=out)
+        res = _quantify_volume_fused(w, f, lab, ip, op, config=config, want_ff=want_ff,
+                                     shape=shape, out=out)
+        if res is not None:
+            return res
     n = w.size
     slab = n if xp is not np else config.slab_voxels
     q = config.signal_floor_percentile
@@ -486,7 +433,7 @@ def quantify_volume(
     kept = []
     for sl in _slabs(int(idx.size), slab):
         mv = muscle_voxels(w, f, lab, index=idx[sl], **kw)
-        vec += accumulate_voxels(mv, ip, op, nbins=config.histogram_bins, swap_ff=config.swap_ff)
+        vec += accumulate_voxels(mv, ip, op, nbins=config.histogram_bins)
         kept.append(mv)
     acc = layout.unpack(vec)
     targets = median_targets(acc)
@@ -593,7 +540,7 @@ def quantify_chunked(
     xp = array_namespace(meta)
     acc_blocks = da.map_blocks(
         _acc_block, *arrays,
-        layout_size=layout.size, swap_ff=config.swap_ff, **kw,
+        layout_size=layout.size, **kw,
         new_axis=3, chunks=(1, 1, 1, layout.size),
         dtype=np.float64, meta=xp.empty((0, 0, 0, 0), dtype=xp.float64),
     )

@@ -227,10 +227,13 @@ def test_array_namespace_is_numpy_for_numpy_and_dask_meta():
 
 
 @pytest.mark.parametrize(("floor_fraction", "threads"), [(0.05, 1), (0.0, 1), (0.05, 2)])
-def test_numba_engine_equals_numpy_engine(floor_fraction, threads):
-    """The fused Numba passes give the NumPy kernels' numbers (counts, medians and the ff map
-    bit for bit; float64 sums to rounding)."""
+def test_numba_engine_equals_numpy_engine(monkeypatch, floor_fraction, threads):
+    """The one-pass Numba engine gives the NumPy kernels' numbers (counts, medians and the ff
+    map bit for bit; float64 sums to rounding), itself: a volume small enough to be its own
+    signal sample (exact floor before the pass) and a zero floor fraction need no fallback."""
     pytest.importorskip("numba")
+    import pipelines.quantify.volume as vol
+
     water, fat, labels = random_volume(12, shape=(31, 17, 23))
     water[0, 0, :3] = np.nan
     fat[1, 1, :4] = -water[1, 1, :4]  # W + F == 0
@@ -243,6 +246,8 @@ def test_numba_engine_equals_numpy_engine(floor_fraction, threads):
         cfg = QuantifyConfig(cpu_engine=engine, signal_floor_fraction=floor_fraction,
                              histogram_bins=32, slab_voxels=2048, cpu_threads=threads)
         runs[engine] = quantify_volume(water, fat, labels, ip, op, config=cfg)
+        # (signal_tail is the NumPy engine's first sweep: the Numba engine must not fall back)
+        monkeypatch.setattr(vol, "signal_tail", None)
     a, b = runs["numpy"], runs["numba"]
     assert a.floor == b.floor and a.n_finite == b.n_finite
     np.testing.assert_array_equal(a.acc.counts, b.acc.counts)
@@ -318,8 +323,8 @@ def test_numba_fused_pass_equals_numpy_engine(monkeypatch, threads, bracket):
     """The one-pass Numba kernel gives the NumPy kernels' numbers: with the sampled floor
     bracket; with a wide one (many voxels whose ff and muscle class the exact floor decides
     afterwards: fix-up and deferred-muscle paths); with brackets that miss the floor (tail
-    too short; floor above the bracket) or median windows that miss the medians: the
-    multi-pass kernel must take over."""
+    too short; floor above the bracket) or median windows that miss the medians: the NumPy
+    kernels must take over."""
     pytest.importorskip("numba")
     from pipelines.quantify import _numba, volume
 
@@ -337,26 +342,74 @@ def test_numba_fused_pass_equals_numpy_engine(monkeypatch, threads, bracket):
         monkeypatch.setattr(volume, "_sample_bracket",
                             lambda sample, n, q: (k[0] * ref.percentile, k[1] * ref.percentile))
     elif bracket == "window_miss":
-        def narrow(ffs, labs, *, n_labels, nbins, fat_threshold):
-            want = np.zeros((n_labels, 2 * nbins + 1), dtype=bool)
+        def narrow(slots, labs, *, layout):
+            want = np.zeros((layout.n_labels, layout.n_slots), dtype=bool)
             want[:, 0] = True  # no median lies in the first bin
             return want.reshape(-1)
         monkeypatch.setattr(volume, "_median_window", narrow)
     calls = []
     fused = _numba.fused_pass
     monkeypatch.setattr(_numba, "fused_pass", lambda *a: calls.append(1) or fused(*a))
-    multi = []
-    for kern in (_numba.SERIAL, _numba.PARALLEL):
-        monkeypatch.setattr(kern, "main_pass",
-                            lambda *a, main=kern.main_pass: multi.append(1) or main(*a))
+    numpy_engine = []  # signal_tail: the NumPy engine's first sweep
+    monkeypatch.setattr(volume, "signal_tail",
+                        lambda *a, tail=volume.signal_tail: numpy_engine.append(1) or tail(*a))
     cfg = QuantifyConfig(cpu_engine="numba", histogram_bins=64, cpu_threads=threads)
     if threads > 1:
         monkeypatch.setattr(volume, "_MIN_PART_VOXELS", 1 << 16)
     res = quantify_volume(water, fat, labels, ip, op, config=cfg)
     assert len(calls) == threads  # one part per thread
-    assert bool(multi) == (bracket in ("above", "below", "window_miss"))
+    assert bool(numpy_engine) == (bracket in ("above", "below", "window_miss"))
     _assert_same_volume_result(ref, res)
     assert res.acc.n_bad_label == 3
+
+
+@pytest.mark.parametrize(("engine", "threads", "bound"), [
+    ("numpy", 1, "sampled"), ("numpy", 1, "too high"), ("numba", 1, "sampled"),
+    ("numba", 2, "sampled")])
+def test_infinite_signal_is_left_out_of_the_percentile(monkeypatch, engine, threads, bound):
+    """+inf and -inf ``W + F`` count neither among the finite voxels nor in the percentile's
+    tail (with +inf voxels both engines used to pick order statistics of the wrong rank)."""
+    if engine == "numba":
+        pytest.importorskip("numba")
+    from pipelines.quantify import volume
+
+    water, fat, labels, _, _ = _large_volume(22)
+    rng = np.random.default_rng(0)
+    flat = water.reshape(-1)
+    flat[rng.choice(flat.size, 500, replace=False)] = np.inf
+    flat[rng.choice(flat.size, 50, replace=False)] = -np.inf
+    s = water.astype(np.float64) + fat
+    numpy_engine = []
+    monkeypatch.setattr(volume, "signal_tail",
+                        lambda *a, tail=volume.signal_tail: numpy_engine.append(1) or tail(*a))
+    monkeypatch.setattr(volume, "_MIN_PART_VOXELS", 1 << 16)
+    if bound == "too high":  # the tail is gathered again from -inf
+        monkeypatch.setattr(volume, "candidate_threshold", lambda sample, n, q: 1e30)
+    res = quantify_volume(water, fat, labels,
+                          config=QuantifyConfig(cpu_engine=engine, cpu_threads=threads))
+    assert bool(numpy_engine) == (engine == "numpy")
+    assert res.n_finite == np.isfinite(s).sum()
+    assert res.percentile == np.percentile(s[np.isfinite(s)], 99.0)
+
+
+@pytest.mark.parametrize("engine", ["numpy", "numba"])
+def test_negative_labels_are_bad_labels(engine):
+    """Labels outside 0-18 below as well as above (signed label images) are counted as bad
+    labels and reduced in row 0, never in a muscle's row (the Numba engine used to index the
+    accumulators with them, the NumPy one to fail in bincount)."""
+    if engine == "numba":
+        pytest.importorskip("numba")
+    water, fat, labels, _, _ = _large_volume(23)
+    labels = labels.astype(np.int16)
+    labels[10, 10, 90:95] = -3
+    labels[11, 11, 90:92] = -1
+    res = quantify_volume(water, fat, labels, config=QuantifyConfig(cpu_engine=engine))
+    assert res.acc.n_bad_label == 3 + 5 + 2
+    assert kernels.bad_label_values(labels) == [-3, -1, 300]
+    good = np.where((labels < 0) | (labels > 18), 0, labels)
+    ref = quantify_volume(water, fat, good, config=QuantifyConfig(cpu_engine="numpy"))
+    np.testing.assert_array_equal(res.acc.counts[1:], ref.acc.counts[1:])
+    np.testing.assert_array_equal(res.medians[1:], ref.medians[1:])
 
 
 def test_median_window_holds_the_sampled_median_and_is_narrow():
@@ -368,14 +421,15 @@ def test_median_window_holds_the_sampled_median_and_is_narrow():
     nbins = 64
     ffs = np.concatenate([rng.beta(2, 20, 5000), rng.beta(20, 5, 5000), rng.random(50)])
     labs = np.repeat([1, 2, 3], [5000, 5000, 50])
-    want = _median_window(ffs, labs, n_labels=19, nbins=nbins, fat_threshold=0.5)
-    want = want.reshape(19, 2 * nbins + 1)
+    cls = kernels.classify_voxels(100.0 * (1.0 - ffs), 100.0 * ffs, 1.0, 1.0,
+                                  fat_threshold=0.5, swap_ff=0.5, nbins=nbins)
+    assert cls.valid.all()
+    layout = kernels.AccumulatorLayout(nbins)
+    want = _median_window(cls.slot, labs, layout=layout).reshape(19, layout.n_slots)
     for lab, lo, hi in ((1, 0, 5000), (2, 5000, 10000)):
-        med = np.median(ffs[lo:hi])
-        slot = min(int(med * nbins), nbins - 1) + (nbins if med >= 0.5 else 0)
-        assert want[lab, slot]
+        assert want[lab, int(np.median(cls.slot[lo:hi]))]
         assert 0 < want[lab].sum() < nbins // 2
-        assert not want[lab, 2 * nbins]  # never the low-signal slot
+        assert not want[lab, layout.low_slot]  # never the low-signal slot
     assert want[3, : 2 * nbins].all() and want[0, : 2 * nbins].all()
 
 
