@@ -46,3 +46,18 @@ def test_a_missing_reference_level_is_logged_once_naming_its_model(caplog):
     hits = [r.getMessage() for r in caplog.records if "reference level" in r.getMessage()]
     assert len(hits) == 1, hits
     assert "model cbp ~ intermat_pct + lmm_index" in hits[0] and "'male'" in hits[0]
+
+
+def test_every_table_carries_its_schema_metadata(tmp_path, local_profile):
+    import pyarrow.parquet as pq
+
+    from schemas.metrics import SCHEMA_VERSION
+
+    man, cov = make_cohort(tmp_path / "cohort", 2)
+    wd = tmp_path / "work"
+    run_pipeline(man, cov, wd, profile=local_profile, stages=fake_stage_functions(),
+                 stream=io.StringIO(), echo=lambda m: None)
+    for name in ("participant_metrics", "muscle_metrics", "cohort"):
+        meta = pq.read_schema(wd / "tables" / f"{name}.parquet").metadata
+        assert meta[b"myocohort_table"] == name.encode()
+        assert meta[b"myocohort_schema_version"] == SCHEMA_VERSION.encode()
