@@ -500,10 +500,11 @@ def _fit(stage: CohortStage, inputs: StageInputs, upstream: dict[str, Any]) -> A
     if getattr(fit, "status", "ok") != "ok":  # a reduced or sparse fit is a result, not a failure
         import logging
 
+        # INFO: into run.log.jsonl; the terminal gets them once, under the run summary
         logger = logging.getLogger(__name__)
-        logger.warning("fit: status %s (details in %s)", fit.status, path)
+        logger.info("fit: status %s (details in %s)", fit.status, path)
         for w in fit.warnings:
-            logger.warning("fit: %s", w)
+            logger.info("fit: %s", w)
     return fit
 
 

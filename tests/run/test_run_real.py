@@ -145,6 +145,7 @@ def test_a_reduced_fit_is_a_result_with_its_warnings_in_the_summary(tmp_path):
     assert set(fit["terms_requested"]) > set(fit["terms_fitted"]) - {"(Intercept)"}
     summary = r.stderr[r.stderr.index("run summary"):]
     assert f"warning: fit: status {fit['status']}" in summary
+    assert r.stderr.count(f"status {fit['status']}") == 1  # each warning once
     for term in fit["dropped_terms"]:
         assert term["term"] in summary
     events = [json.loads(x) for x in (wd / "run.log.jsonl").read_text().splitlines()]
