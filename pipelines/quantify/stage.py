@@ -129,7 +129,8 @@ def _bad_labels(labels, chunked: bool) -> list[int]:
         return bad_label_values(labels)
     import dask.array as da
 
-    vals = da.unique(labels[labels > MAX_LABEL]).compute(scheduler="synchronous")
+    bad = (labels > MAX_LABEL) | (labels < 0)  # as bad_label_values (signed label arrays)
+    vals = da.unique(labels[bad]).compute(scheduler="synchronous")
     return [int(v) for v in np.asarray(vals)][:20]
 
 
