@@ -221,15 +221,18 @@ def classify_voxels(water, fat, flo: float, fhi: float, *, fat_threshold: float,
         s = w + f
         ff = f / s
     valid = valid_signal(s, fhi)
-    low = ~valid if flo == fhi else ~valid_signal(s, flo)
-    ff[~valid] = 0.0
+    invalid = ~valid
+    low = invalid if flo == fhi else ~valid_signal(s, flo)
+    ff[invalid] = 0.0
     intermat = valid & (ff >= fat_threshold)
     # clipped before the conversion to an integer, which is undefined out of range
-    slot = xp.clip(ff * nbins, 0.0, nbins - 1.0).astype(xp.int64)
+    b = ff * nbins
+    xp.clip(b, 0.0, nbins - 1.0, out=b)
+    slot = b.astype(xp.int64)
     slot += intermat * nbins
     slot[low] = layout.low_slot
     if flo != fhi:
-        slot[~valid & ~low] = -1
+        slot[invalid & ~low] = -1
     return VoxelClasses(w, f, s, valid, ff, intermat, valid & (ff >= swap_ff), slot)
 
 
