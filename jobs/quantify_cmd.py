@@ -44,8 +44,14 @@ def quantify(
     signal_floor_percentile: float = typer.Option(
         99.0, "--signal-floor-percentile", help="Percentile (0-100) of W+F the floor refers to."),
     mercuri: str = typer.Option(
-        "0.05,0.10,0.30,0.60", "--mercuri-thresholds",
-        help="Four increasing fat-replaced fractions separating Mercuri grades 0-4."),
+        "0.25,0.30,0.35,0.60", "--mercuri-thresholds",
+        help="Four strictly increasing fractions in [0, 1] separating Mercuri grades 0-4, "
+             "compared with --mercuri-basis (sources of the defaults: docs/quantify.md)."),
+    mercuri_basis: str = typer.Option(
+        "mean_ff", "--mercuri-basis",
+        help="What the Mercuri thresholds grade: mean_ff (the muscle's mean voxel fat "
+             "fraction; island and diffuse infiltration alike) or intermat_fraction (share of "
+             "voxels at or above --fat-threshold; the mapping before 2026-12)."),
     normalisation: str = typer.Option(
         "bmi", "--normalisation", help="lmm_index denominator: bmi, height2 or none."),
     device: str = typer.Option(
@@ -85,12 +91,13 @@ def quantify(
 
     profile = load_profile_or_exit(cluster)
     try:
-        thresholds = tuple(float(x) for x in mercuri.split(","))
+        thresholds = tuple(x.strip() for x in mercuri.split(","))
         config = QuantifyConfig(
             fat_threshold=fat_threshold,
             signal_floor_fraction=signal_floor_fraction,
             signal_floor_percentile=signal_floor_percentile,
             mercuri_thresholds=thresholds,
+            mercuri_basis=mercuri_basis,
             normalisation=normalisation,
             device=device,
             method=method,

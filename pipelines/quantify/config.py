@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -11,11 +12,19 @@ Normalisation = Literal["bmi", "height2", "none"]
 Device = Literal["cpu", "gpu", "auto"]
 Method = Literal["auto", "whole", "chunked"]
 CpuEngine = Literal["auto", "numpy", "numba"]
+MercuriBasis = Literal["mean_ff", "intermat_fraction"]
 
 NORMALISATIONS: tuple[str, ...] = ("bmi", "height2", "none")
 DEVICES: tuple[str, ...] = ("cpu", "gpu", "auto")
 METHODS: tuple[str, ...] = ("auto", "whole", "chunked")
 CPU_ENGINES: tuple[str, ...] = ("auto", "numpy", "numba")
+MERCURI_BASES: tuple[str, ...] = ("mean_ff", "intermat_fraction")
+#: Default Mercuri grade boundaries on the muscle's mean fat fraction (0-1): grade 1 from 0.25
+#: (above healthy muscle, paraspinals included, measured over the whole muscle mask), 2 from
+#: 0.30, 3 from 0.35 and 4 from 0.60 (what 30 % and 60 % of the muscle replaced by fat, the
+#: scale's own steps, read as in a whole-muscle mean). Sources and reasoning: docs/quantify.md,
+#: "Mercuri grades".
+MERCURI_THRESHOLDS: tuple[float, float, float, float] = (0.25, 0.30, 0.35, 0.60)
 
 
 @dataclass(frozen=True)
@@ -30,8 +39,15 @@ class QuantifyConfig:
     signal_floor_percentile : the percentile (0-100) the floor refers to (default 99).
     fat_threshold : voxel fat fraction (0-1) from which a valid muscle voxel counts as InterMAT;
         below it the voxel is lean (default 0.5).
-    mercuri_thresholds : four increasing fat-replaced fractions (0-1); the grade is the number of
-        thresholds the muscle's fraction reaches (default 0.05, 0.10, 0.30, 0.60).
+    mercuri_thresholds : four increasing fractions (0-1); the grade 0-4 is the number of
+        thresholds the muscle's ``mercuri_basis`` fraction reaches (default 0.25, 0.30, 0.35,
+        0.60; sources in docs/quantify.md).
+    mercuri_basis : what the thresholds are compared with: ``"mean_ff"`` (default), the mean
+        voxel fat fraction of the muscle's valid voxels, which grades island (marbled) and
+        diffuse infiltration alike; or ``"intermat_fraction"``, the share of valid voxels at
+        ``ff >= fat_threshold``, which counts a muscle diffusely infiltrated below the
+        threshold as lean (the mapping before 2026-12; with thresholds 0.05, 0.10, 0.30, 0.60
+        it reproduces the old grades).
     normalisation : denominator of ``lmm_index``: ``"bmi"`` (kg/m2), ``"height2"`` (m2) or
         ``"none"`` (``lmm_index = lmm_cm3``).
     device : ``"cpu"`` (NumPy), ``"gpu"`` (CuPy; fails when no usable GPU) or ``"auto"`` (GPU when
@@ -62,8 +78,8 @@ class QuantifyConfig:
     swap_ff, swap_fraction : a muscle whose share of valid voxels with ``ff >= swap_ff``
         exceeds ``swap_fraction`` raises the suspected water-fat swap flag. The default 0.8
         ("mostly" read as "nearly all") keeps fat-replaced muscles of myopathy patients
-        (Mercuri grade 4 starts at 60 % InterMAT) from being flagged unless almost fully
-        replaced, while a swapped lean muscle (ff about 0.9-0.97) is always caught; 0.5 is the
+        (Mercuri grade 4 starts at 60 % of the muscle replaced) from being flagged unless
+        almost fully replaced, while a swapped lean muscle (ff about 0.9-0.97) is always caught; 0.5 is the
         literal "more than half".
     ipop_tolerance : with in-phase and opposed-phase images, the swap flag is also raised when
         ``mean|IP - (W + F)|`` or ``mean|OP - |W - F||`` over valid muscle voxels exceeds this
@@ -78,7 +94,8 @@ class QuantifyConfig:
     signal_floor_fraction: float = 0.05
     signal_floor_percentile: float = 99.0
     fat_threshold: float = 0.5
-    mercuri_thresholds: tuple[float, float, float, float] = (0.05, 0.10, 0.30, 0.60)
+    mercuri_thresholds: tuple[float, float, float, float] = MERCURI_THRESHOLDS
+    mercuri_basis: MercuriBasis = "mean_ff"
     normalisation: Normalisation = "bmi"
     device: Device = "auto"
     method: Method = "auto"
@@ -105,12 +122,10 @@ class QuantifyConfig:
             )
         if not 0.0 < self.fat_threshold < 1.0:
             raise ValueError(f"fat_threshold {self.fat_threshold} must be in (0, 1)")
-        t = tuple(float(x) for x in self.mercuri_thresholds)
-        if len(t) != 4 or any(b <= a for a, b in zip(t, t[1:], strict=False)) or t[0] <= 0 or t[-1] > 1:
-            raise ValueError(
-                f"mercuri_thresholds {self.mercuri_thresholds} must be 4 increasing values in (0, 1]"
-            )
-        object.__setattr__(self, "mercuri_thresholds", t)
+        object.__setattr__(self, "mercuri_thresholds",
+                           check_mercuri_thresholds(self.mercuri_thresholds))
+        if self.mercuri_basis not in MERCURI_BASES:
+            raise ValueError(f"mercuri_basis {self.mercuri_basis!r}: choose one of {MERCURI_BASES}")
         if self.normalisation not in NORMALISATIONS:
             raise ValueError(f"normalisation {self.normalisation!r}: choose one of {NORMALISATIONS}")
         if self.device not in DEVICES:
@@ -139,3 +154,18 @@ class QuantifyConfig:
         if unknown:
             raise ValueError(f"expected_muscles: unknown muscle name(s) {unknown}")
         object.__setattr__(self, "expected_muscles", tuple(self.expected_muscles))
+
+
+def check_mercuri_thresholds(values) -> tuple[float, float, float, float]:
+    """The four Mercuri grade boundaries as floats, or a ``ValueError`` naming the bad value:
+    exactly four finite, strictly increasing fractions in [0, 1]."""
+    try:
+        t = tuple(float(x) for x in values)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"mercuri_thresholds {values!r} must be 4 increasing numbers in [0, 1]") from None
+    if (len(t) != 4 or not all(math.isfinite(x) and 0.0 <= x <= 1.0 for x in t)
+            or any(b <= a for a, b in zip(t, t[1:], strict=False))):
+        raise ValueError(
+            f"mercuri_thresholds {values!r} must be 4 strictly increasing values in [0, 1]")
+    return t  # type: ignore[return-value]

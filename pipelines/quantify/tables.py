@@ -34,11 +34,21 @@ def voxel_volume_cm3(spacing_mm) -> float:
 
 
 def mercuri_grade(fraction: float, thresholds) -> int:
-    """Mercuri-like grade 0-4: how many of the four thresholds the fat-replaced fraction
-    reaches; -1 when the fraction is undefined (no valid voxel)."""
+    """Mercuri-like grade 0-4: how many of the four thresholds ``fraction`` (0-1) reaches;
+    -1 when the fraction is undefined (no valid voxel)."""
     if not math.isfinite(fraction):
         return -1
     return int(sum(fraction >= t for t in thresholds))
+
+
+def mercuri_fraction(intermat_fraction: float, mean_ff: float, basis: str) -> float:
+    """The fraction (0-1) a muscle is graded on: its mean voxel fat fraction (``"mean_ff"``)
+    or its InterMAT share of valid voxels (``"intermat_fraction"``)."""
+    if basis == "mean_ff":
+        return mean_ff
+    if basis == "intermat_fraction":
+        return intermat_fraction
+    raise ValueError(f"mercuri_basis {basis!r}: choose 'mean_ff' or 'intermat_fraction'")
 
 
 def _div(a: float, b: float) -> float:
@@ -64,6 +74,8 @@ def muscle_rows(
         lean, fat = int(n_lean[lab]), int(n_fat[lab])
         n_valid = lean + fat
         r = _div(fat, n_valid)
+        mean_ff = _div(float(acc.ff_sums[lab].sum()), n_valid)
+        grade_on = mercuri_fraction(r, mean_ff, config.mercuri_basis)
         rows.append({
             "participant_id": participant_id,
             "muscle": m.name,
@@ -71,12 +83,12 @@ def muscle_rows(
             "lean_cm3": lean * v,
             "intermat_cm3": fat * v,
             "intermat_pct": 100.0 * r,
-            "ff_mean_pct": 100.0 * _div(float(acc.ff_sums[lab].sum()), n_valid),
+            "ff_mean_pct": 100.0 * mean_ff,
             "ff_median_pct": 100.0 * float(medians[lab]),
             "ff_lean_mean_pct": 100.0 * _div(float(acc.ff_sums[lab, 0]), lean),
             "n_voxels": int(n_vox[lab]),
             "n_low_signal": int(n_low[lab]),
-            "mercuri_grade": mercuri_grade(r, config.mercuri_thresholds),
+            "mercuri_grade": mercuri_grade(grade_on, config.mercuri_thresholds),
         })
     return rows
 

@@ -12,8 +12,8 @@ from schemas.vocabulary import MUSCLE_PAIRS, MUSCLES
 
 
 def reference_metrics(water, fat, labels, spacing_mm, *, floor_fraction=0.05, percentile=99.0,
-                      fat_threshold=0.5, mercuri=(0.05, 0.10, 0.30, 0.60), covariates=None,
-                      normalisation="bmi"):
+                      fat_threshold=0.5, mercuri=(0.25, 0.30, 0.35, 0.60),
+                      mercuri_basis="mean_ff", covariates=None, normalisation="bmi"):
     s = water.astype(np.float64) + fat.astype(np.float64)
     floor = floor_fraction * np.percentile(s, percentile)
     valid = (s >= floor) & (s > 0)
@@ -29,7 +29,8 @@ def reference_metrics(water, fat, labels, spacing_mm, *, floor_fraction=0.05, pe
         lean = vals[vals < fat_threshold]
         fatv = vals[vals >= fat_threshold]
         r = len(fatv) / len(vals) if len(vals) else math.nan
-        grade = -1 if math.isnan(r) else sum(r >= t for t in mercuri)
+        graded = vals.mean() if mercuri_basis == "mean_ff" and len(vals) else r
+        grade = -1 if math.isnan(r) else sum(graded >= t for t in mercuri)
         rows[m.name] = {
             "volume_cm3": mask.sum() * v,
             "lean_cm3": len(lean) * v,

@@ -37,7 +37,8 @@ def check_against_reference(res, water, fat, labels, spacing, config, covariates
     ref_rows, ref_part, ref_ff, ref_floor = reference_metrics(
         water, fat, labels, spacing, floor_fraction=config.signal_floor_fraction,
         percentile=config.signal_floor_percentile, fat_threshold=config.fat_threshold,
-        mercuri=config.mercuri_thresholds, covariates=covariates,
+        mercuri=config.mercuri_thresholds, mercuri_basis=config.mercuri_basis,
+        covariates=covariates,
         normalisation=config.normalisation,
     )
     assert_close(res.floor, ref_floor, "floor", rtol=1e-12)
@@ -66,6 +67,7 @@ def test_non_default_settings_match_reference():
     water, fat, labels = random_volume(5)
     config = QuantifyConfig(signal_floor_fraction=0.2, signal_floor_percentile=95.0,
                             fat_threshold=0.3, mercuri_thresholds=(0.1, 0.2, 0.4, 0.8),
+                            mercuri_basis="intermat_fraction",
                             normalisation="height2")
     res = quantify_volume(water, fat, labels, config=config)
     cov = {"height_m": 1.8, "weight_kg": 80.0}
