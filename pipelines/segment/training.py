@@ -48,8 +48,9 @@ log = logging.getLogger(__name__)
 TRAIN_SEEDS: tuple[int, int] = (0, 10_000)
 VAL_SEEDS: tuple[int, ...] = (500_000, 500_001, 500_002)
 TEST_SEED_START = 1_000_000
-#: Version of :func:`phantom_spec_for_seed`'s sampling rules (part of the data hash).
-PHANTOM_SAMPLER_VERSION = 1
+#: Version of :func:`phantom_spec_for_seed`'s sampling rules and of the phantoms it samples
+#: (part of the data hash): 2 = continuous-fat phantoms with partial volume (issue 16).
+PHANTOM_SAMPLER_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -249,14 +250,20 @@ def store_data_hash(store: str | Path, cases: Sequence[Case]) -> str:
 def _phantom_data_hash(spacing_mm) -> str:
     doc = {"source": "synthetic-phantoms", "train_seeds": list(TRAIN_SEEDS),
            "sampler_version": PHANTOM_SAMPLER_VERSION, "spacing_mm": list(spacing_mm),
-           "phantom_module_sha256": _phantom_module_hash()}
+           "phantom_modules_sha256": _phantom_module_hash()}
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()
 
 
 def _phantom_module_hash() -> str:
-    import pipelines.synth.phantom as ph
+    """sha256 over the code that draws a phantom's images and labels."""
+    import pipelines.synth.anatomy as anatomy
+    import pipelines.synth.fields as fields
+    import pipelines.synth.phantom as phantom
 
-    return file_sha256(ph.__file__)
+    h = hashlib.sha256()
+    for module in (phantom, anatomy, fields):
+        h.update(file_sha256(module.__file__).encode())
+    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------------------------

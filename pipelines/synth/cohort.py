@@ -9,8 +9,10 @@ Layout of ``out``::
     images/<pid>/station<k>_<channel>/<random>.dcm (DICOM, one classic series each)
     truth/labels.csv              ``labels`` rows (paths relative to ``out``)
     truth/labels/<pid>/station<k>_labels.nii.gz
-    truth/participant_metrics.csv, truth/muscle_metrics.csv
-    truth/planted.json            every planted parameter (CBP model, ORs, standardisation)
+    truth/participant_metrics.csv, truth/muscle_metrics.csv   (from the true tissue: the
+                                  phantoms' noise-free fine grids, pipelines.synth.truth)
+    truth/planted.json            every planted parameter (CBP and pain models, ORs,
+                                  standardisation, how the truth is defined)
 
 Stations are numbered from the head (station 0 = most superior) and overlap by about
 ``overlap_fraction`` of their length.
@@ -27,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.synth.phantom import DIAGNOSES, Phantom, PhantomSpec, make_phantom
-from pipelines.synth.truth import truth_metrics
+from pipelines.synth.truth import FAT_THRESHOLD, FLOOR_FRACTION, MERCURI_THRESHOLDS, truth_tables
 from pipelines.synth.writers import (
     fake_identity,
     station_slices,
@@ -39,6 +41,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "CbpModel",
+    "PainModel",
     "Participant",
     "SynthConfig",
     "SynthResult",
@@ -82,6 +85,32 @@ class CbpModel:
 
 
 @dataclass(frozen=True)
+class PainModel:
+    """The planted pain-intensity model among participants with CBP.
+
+    ``logit P(NRS >= threshold | cbp=1) = intercept + log(or_intermat) z_intermat +
+    log(or_lmm) z_lmm``, with the same ``z`` as :class:`CbpModel` (TRUE ``intermat_pct`` and
+    ``lmm_index`` standardised per 2 SD over the whole cohort), so the report's pain-intensity
+    model (NRS >= 4 among CBP, exposures per 2 SD of the analysed cohort) estimates these ORs.
+    Given the class, NRS is ``round(N(6, 1.5))`` clipped to ``threshold..10`` (high) or
+    ``round(N(2, 0.8))`` clipped to ``1..threshold-1`` (low).
+    """
+
+    or_intermat: float = 1.5
+    or_lmm: float = 0.75
+    intercept: float = 0.85  # about 70 % NRS >= 4 at the exposure means
+    threshold: int = 4
+
+    def __post_init__(self) -> None:
+        for name in ("or_intermat", "or_lmm"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"pain model: {name} must be a positive odds ratio, got "
+                                 f"{getattr(self, name)!r}")
+        if not 2 <= self.threshold <= 10:
+            raise ValueError(f"pain model: threshold {self.threshold} must be 2..10 (NRS)")
+
+
+@dataclass(frozen=True)
 class SynthConfig:
     """What ``build_cohort`` makes.
 
@@ -98,7 +127,10 @@ class SynthConfig:
     nifti_axcodes : voxel-axis orientation the NIfTI files are stored in (world coordinates
         are always correct; ``"LAS"`` is what dcm2niix usually writes).
     noise_fraction : Rician noise sigma / fat signal.
+    supersample : sub-voxels per voxel and axis the phantoms' tissue is rendered on (partial
+        volume; the truth comes from them).
     cbp : the planted CBP model.
+    pain : the planted pain-intensity model (NRS among participants with CBP).
     id_prefix : participant ids are ``<prefix><0001>``.
     workers : processes building participants in parallel (1 = in this process).
     """
@@ -114,7 +146,9 @@ class SynthConfig:
     sites: int = 4
     nifti_axcodes: str = "LAS"
     noise_fraction: float = 0.02
+    supersample: int = PhantomSpec.supersample
     cbp: CbpModel = field(default_factory=CbpModel)
+    pain: PainModel = field(default_factory=PainModel)
     id_prefix: str = "P"
     workers: int = 1
 
@@ -136,7 +170,8 @@ class SynthConfig:
             raise ValueError(f"nifti_axcodes {self.nifti_axcodes!r} is not an orientation "
                              "code such as 'RAS' or 'LAS'")
         station_slices(self.shape[2], self.stations, self.overlap_fraction)
-        PhantomSpec(shape=self.shape, spacing_mm=self.spacing_mm)  # validates the grid
+        PhantomSpec(shape=self.shape, spacing_mm=self.spacing_mm,
+                    supersample=self.supersample)  # validates the grid
 
 
 @dataclass(frozen=True)
@@ -231,6 +266,7 @@ def _phantom_spec(config: SynthConfig, p: Participant) -> PhantomSpec:
         disease_duration_years=p.disease_duration_years,
         diagnosis=p.diagnosis,
         noise_fraction=config.noise_fraction,
+        supersample=config.supersample,
     )
 
 
@@ -283,9 +319,9 @@ def _write_participant(
         files.append(out / rel)
         label_rows.append({"participant_id": pid, "site": p.site, "station": station,
                            "channel": "labels", "path": rel.as_posix(), "label_map": ""})
-    muscle_df, part = truth_metrics(
-        ph.water_true, ph.fat_true, ph.labels, ph.spacing_mm,
-        participant_id=pid, bmi=p.bmi, disease_duration_years=p.disease_duration_years,
+    muscle_df, part = truth_tables(
+        ph.truth, participant_id=pid, bmi=p.bmi,
+        disease_duration_years=p.disease_duration_years,
     )
     part["planted_intermat_fraction_mean"] = float(np.mean(list(
         ph.muscle_intermat_target.values())))
@@ -296,7 +332,8 @@ def _write_participant(
 def _draw_cbp(
     config: SynthConfig, people: list[Participant], parts: list[dict], rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Draw CBP (0/1) and pain NRS from the planted model; return them and its record."""
+    """Draw CBP (0/1) and pain NRS from the planted models; return them and the records of
+    both (``{"cbp": ..., "pain": ...}``)."""
     m = config.cbp
     im = np.array([p["intermat_pct"] for p in parts], dtype=float)
     lmm = np.array([p["lmm_index"] for p in parts], dtype=float)
@@ -326,7 +363,7 @@ def _draw_cbp(
     )
     prob = _sigmoid(eta)
     cbp = (rng.random(len(people)) < prob).astype(int)
-    pain = np.where(cbp == 1, np.clip(np.round(rng.normal(5.0, 2.0, len(people))), 1, 10), np.nan)
+    pain, pain_record = _draw_pain(config.pain, cbp, z_im, z_lmm, rng)
     record = {
         "model": "logit P(cbp=1) = intercept + u_site + sum(log(OR) * x)",
         **asdict(m),
@@ -345,9 +382,33 @@ def _draw_cbp(
         "site_intercepts": u,
         "observed_prevalence": float(cbp.mean()),
         "mean_probability": float(prob.mean()),
-        "pain_nrs": "cbp=1: round(N(5, 2)) clipped to 1..10; cbp=0: missing",
+        "pain_nrs": "cbp=1: from the pain model (see 'pain'); cbp=0: missing",
     }
-    return cbp, pain, record
+    return cbp, pain, {"cbp": record, "pain": pain_record}
+
+
+def _draw_pain(m: PainModel, cbp: np.ndarray, z_im: np.ndarray, z_lmm: np.ndarray,
+               rng: np.random.Generator) -> tuple[np.ndarray, dict]:
+    """NRS (NaN without CBP) from the planted pain model, and its record."""
+    eta = m.intercept + np.log(m.or_intermat) * z_im + np.log(m.or_lmm) * z_lmm
+    prob = _sigmoid(eta)
+    high = rng.random(cbp.size) < prob
+    hi_nrs = np.clip(np.round(rng.normal(6.0, 1.5, cbp.size)), m.threshold, 10)
+    lo_nrs = np.clip(np.round(rng.normal(2.0, 0.8, cbp.size)), 1, m.threshold - 1)
+    pain = np.where(cbp == 1, np.where(high, hi_nrs, lo_nrs), np.nan)
+    with_cbp = cbp == 1
+    record = {
+        "model": f"among cbp=1: logit P(pain_nrs >= {m.threshold}) = intercept "
+                 "+ log(or_intermat) z_intermat + log(or_lmm) z_lmm",
+        **asdict(m),
+        "exposures": "the z of the CBP model (TRUE intermat_pct and lmm_index per 2 SD over "
+                     "the whole cohort)",
+        "nrs_given_class": f"high: round(N(6, 1.5)) clipped to {m.threshold}..10; low: "
+                           f"round(N(2, 0.8)) clipped to 1..{m.threshold - 1}",
+        "observed_high_fraction": (float(np.mean(pain[with_cbp] >= m.threshold))
+                                   if with_cbp.any() else None),
+    }
+    return pain, record
 
 
 def _plan(
@@ -451,13 +512,24 @@ def build_cohort(config: SynthConfig, out: Path) -> SynthResult:
             "format": config.format, "myopathy": config.myopathy,
             "shape": list(config.shape), "spacing_mm": list(config.spacing_mm),
             "sites": config.sites, "nifti_axcodes": config.nifti_axcodes,
-            "noise_fraction": config.noise_fraction,
+            "noise_fraction": config.noise_fraction, "supersample": config.supersample,
         },
-        "cbp": record,
+        **record,
         "metric_definitions": {
-            "floor_fraction": 0.05, "fat_threshold": 0.5,
-            "mercuri_thresholds": [0.05, 0.10, 0.30, 0.60],
+            "floor_fraction": FLOOR_FRACTION, "fat_threshold": FAT_THRESHOLD,
+            "mercuri_thresholds": list(MERCURI_THRESHOLDS),
             "lmm_index": "lmm_cm3 / bmi",
+        },
+        "truth": {
+            "source": "the noise-free fat fraction of every sub-voxel of the phantom's fine "
+                      "grid (pipelines.synth.truth.truth_tables), not the image voxels",
+            "supersample": config.supersample,
+            "subvoxel": "a voxel split into supersample^3 cells; InterMAT: a cell with "
+                        "ff >= fat_threshold; volumes: cells x cell volume",
+            "n_voxels": "true volume / voxel volume, rounded; n_subvoxels: true cells",
+            "labels": "truth/labels: per voxel, the label held by most of its cells "
+                      "(background = any non-muscle tissue); ties alternate with voxel "
+                      "parity (i+j+k even: lower label, odd: higher)",
         },
     }, indent=2, default=float))
     files = tuple(f for r in results for f in r["files"])

@@ -1,72 +1,92 @@
-"""Neck-to-knee Dixon phantoms: anatomy, fat and Rician magnitude noise, in memory.
+"""Neck-to-knee Dixon phantoms: anatomy, continuous fat and Rician magnitude noise, in memory.
 
 A phantom is built in world millimetres and sampled on a regular grid in the canonical RAS+
 orientation of :mod:`schemas.layout` (array axis 0 towards the participant's Right, axis 1
-Anterior, axis 2 Superior; the head is at high ``k``).  Every structure is a stack of ellipses
-whose centre and semi-axes follow control points along the body (``t`` = 0 at the knee, 1 at
-the top of the neck), mirrored for left and right, warped by a small smooth random
-deformation and scaled by sex, height, BMI and age.  Painting order decides overlaps; one-voxel
-fat planes (fascia) are then cut between touching muscles so every boundary shows in the fat
-image.
+Anterior, axis 2 Superior; the head is at high ``k``).  The anatomy (:mod:`.anatomy`) and the
+smooth random fields of the fat model (:mod:`.fields`) are functions of world coordinates, so
+the same ``(spec, seed)`` at another voxel size (same field of view) is the same body.
 
-Fat model (all fractions are fat fraction ``F/(W+F)``):
+**Fine grid and partial volume.**  Tissue is rendered on a fine grid of ``supersample`` (s)
+sub-voxels per voxel and axis (default 2: 8 sub-voxels per voxel), one fat fraction and proton
+density per sub-voxel; each voxel's water and fat signals are the means over its sub-voxels,
+so every boundary (muscle/fat, fat island, fascia) is partial-volumed in the images.  The
+labels the pipeline gets are per voxel: the label (background = any non-muscle tissue) held by
+the most sub-voxels; a tie (common at s = 2: structures run mostly along z, so a voxel's two
+sub-slices are split alike) goes to the label at the voxel's centre point if it is one of the
+tied labels (the side of a boundary that covers at least half the voxel), else to the lowest
+tied label.  The truth (:attr:`Phantom.truth`) is the sub-voxels' noise-free fat fraction per
+true muscle label.  Fascia planes are one sub-voxel thick.  Rendering runs in slabs along z
+with float32 temporaries, so memory stays bounded for large grids (whole-volume fine arrays:
+the tissue ids and, while fascia is cut, a mask; one byte per sub-voxel each).
 
-* lean muscle: 2-8 %, rising with age and BMI, higher in women, with a faint texture;
-* intermuscular fat islands (InterMAT): a per-muscle target fraction of each muscle's voxels,
-  rising with age, BMI and female sex, placed where a smooth random field is highest, with
-  ``ff`` 0.55-0.97;
-* myopathy: fat replacement ``1 - (1 - r0) exp(-rate * duration)`` with per-muscle rates of an
-  IMNM- or IBM-like pattern, so a cohort with disease durations up to ~20 years reaches every
-  Mercuri grade (0-4).
+**Fat model** (fat fraction ``ff = F/(W+F)`` of every sub-voxel):
 
-Signals are ``water = PD (1 - ff)`` and ``fat = PD ff`` times a smooth coil-sensitivity field;
-the noisy channels are magnitudes of complex Gaussian noise added to the true signal (Rician).
+* lean muscle: a per-muscle level of 1.5-8 %, rising with age and BMI, higher in women, varying
+  smoothly inside the muscle (a field of ~20 mm correlation length, SD 1.2 percentage points)
+  with a faint finer texture;
+* marbling: fat islands (ff 0.85-0.95) where a multi-scale random field (correlation lengths
+  ~4 and ~12 mm) exceeds a per-muscle threshold, so islands of every size occur, from
+  sub-voxel specks to several voxels; the planted island volume fraction rises with age, BMI
+  and female sex;
+* myopathy: fat replacement ``R = 1 - (1 - r0) exp(-rate * duration)`` with per-muscle rates
+  of an IMNM- or IBM-like pattern, split between islands and diffuse infiltration by a
+  per-participant share (uniform 0-1, jittered per muscle; fixed by ``diffuse_share``):
+  islands fill ``r = r0 + (1 - share)(R - r0)`` of the muscle and diffuse infiltration
+  ``D = (R - r) / (1 - r)`` of the rest raises the whole muscle's ff smoothly (``lean + (0.93
+  - lean) D``, D varying +-35 % inside the muscle), so a muscle can sit anywhere in the
+  0.2-0.8 range without a single island.
+
+Signals are ``water = PD (1 - ff)`` and ``fat = PD ff`` (muscle PD 0.75 + 0.2 ff, other tissue
+fixed) averaged per voxel, times a smooth coil-sensitivity field; the noisy channels are
+magnitudes of complex Gaussian noise added to the true signal (Rician).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from schemas.vocabulary import MUSCLE_BY_NAME
+from pipelines.synth.anatomy import (
+    BLADDER,
+    BONE_MARROW,
+    FASCIA,
+    HEART,
+    INTERMUSCULAR_FAT,
+    KIDNEY,
+    LIVER,
+    LUNG,
+    N_TISSUE_IDS,
+    OTHER_MUSCLE,
+    SPLEEN,
+    SUBCUT_FAT,
+    TISSUES,
+    VERTEBRA,
+    VISCERA,
+    body_box,
+    body_scales,
+    cut_fascia,
+    draw_anatomy,
+    draw_warp,
+    drop_fragments,
+    paint_box,
+)
+from pipelines.synth.fields import (
+    LatticeField,
+    lattice_field,
+    sample_grid,
+    sample_points,
+    stack_fields,
+)
+from pipelines.synth.truth import FineTruth, merge_by_label, split_by_label
+from schemas.vocabulary import MUSCLES
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Phantom", "PhantomSpec", "make_phantom", "TISSUES"]
+__all__ = ["DIAGNOSES", "FASCIA", "TISSUES", "FineTissue", "Phantom", "PhantomSpec",
+           "make_phantom"]
 
-# Tissue ids.  1-18 are our muscle labels (schemas.vocabulary); the rest are background tissue.
-OTHER_MUSCLE = 20
-SUBCUT_FAT = 21
-INTERMUSCULAR_FAT = 22
-FASCIA = 23
-BONE_MARROW = 24
-VERTEBRA = 25
-LIVER = 26
-SPLEEN = 27
-KIDNEY = 28
-LUNG = 29
-HEART = 30
-BLADDER = 31
-VISCERA = 32
-#: name of each non-muscle tissue id (for documentation and debugging).
-TISSUES = {
-    0: "air",
-    OTHER_MUSCLE: "other_muscle",
-    SUBCUT_FAT: "subcutaneous_fat",
-    INTERMUSCULAR_FAT: "intermuscular_fat",
-    FASCIA: "fascia",
-    BONE_MARROW: "bone_marrow",
-    VERTEBRA: "vertebra",
-    LIVER: "liver",
-    SPLEEN: "spleen",
-    KIDNEY: "kidney",
-    LUNG: "lung",
-    HEART: "heart",
-    BLADDER: "bladder",
-    VISCERA: "viscera",
-}
 # (proton density relative to fat tissue, fat fraction) of non-muscle tissue.
 _TISSUE_SIGNAL = {
     SUBCUT_FAT: (1.0, 0.93),
@@ -81,8 +101,6 @@ _TISSUE_SIGNAL = {
     HEART: (0.9, 0.02),
     BLADDER: (1.0, 0.0),
 }
-_MUSCLE_PD = 0.75
-_ISLAND_PD = 0.95
 
 # Relative InterMAT propensity per muscle base name (back and posterior thigh fattier).
 _INTERMAT_FACTOR = {
@@ -124,6 +142,8 @@ _MYOPATHY_RATES = {
 DIAGNOSES: tuple[str, ...] = tuple(_MYOPATHY_RATES)
 
 
+
+
 @dataclass(frozen=True)
 class PhantomSpec:
     """What to build.  Anatomy is defined in millimetres, so ``shape`` and ``spacing_mm`` only
@@ -144,7 +164,13 @@ class PhantomSpec:
     signal_scale : signal of pure fat tissue (arbitrary units).
     bias_amplitude : peak relative amplitude of the smooth coil-sensitivity field.
     deformation_mm : amplitude (mm) of the smooth random deformation.
-    intermat_scale : multiplies every muscle's InterMAT target fraction (effect-size studies).
+    intermat_scale : multiplies every muscle's planted fat-island fraction (effect-size
+        studies).
+    diffuse_share : with ``myopathy``, the share of the fat replacement that is diffuse
+        infiltration rather than islands (0-1); ``None`` (default) draws it per participant
+        (uniform 0-1, jittered per muscle).
+    supersample : sub-voxels per voxel and axis of the fine grid the tissue is rendered on
+        (1 = no partial volume; 2, the default, costs about 2x the time of 1).
     """
 
     shape: tuple[int, int, int] = (84, 56, 160)
@@ -161,6 +187,8 @@ class PhantomSpec:
     bias_amplitude: float = 0.1
     deformation_mm: float = 4.0
     intermat_scale: float = 1.0
+    diffuse_share: float | None = None
+    supersample: int = 2
 
     def __post_init__(self) -> None:
         if len(self.shape) != 3 or any(int(s) < 8 for s in self.shape):
@@ -182,6 +210,11 @@ class PhantomSpec:
                 raise ValueError(f"phantom diagnosis {self.diagnosis!r}: use one of {DIAGNOSES}")
         if self.noise_fraction < 0 or self.signal_scale <= 0:
             raise ValueError("noise_fraction must be >= 0 and signal_scale > 0")
+        if self.diffuse_share is not None and not 0.0 <= self.diffuse_share <= 1.0:
+            raise ValueError(f"phantom diffuse_share {self.diffuse_share} must be in 0-1")
+        if not (isinstance(self.supersample, int) and 1 <= self.supersample <= 4):
+            raise ValueError(f"phantom supersample {self.supersample!r} must be an integer "
+                             "1-4 (sub-voxels per voxel and axis)")
 
     @property
     def height(self) -> float:
@@ -199,15 +232,48 @@ class PhantomSpec:
         a[:3, 3] = (-(nx - 1) / 2 * sx, -(ny - 1) / 2 * sy, -600.0)
         return a
 
+    def subvoxel_centres(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """World coordinates (mm) of the fine grid's cell centres along x, y and z."""
+        a = self.affine()
+        s = self.supersample
+        out = []
+        for ax in range(3):
+            h = float(self.spacing_mm[ax])
+            q = np.arange(int(self.shape[ax]) * s, dtype=np.float64)
+            out.append(a[ax, 3] - h / 2 + (q + 0.5) * h / s)
+        return tuple(out)
+
+
+@dataclass(frozen=True, eq=False)
+class FineTissue:
+    """The fine grid of a phantom (kept only on request): tissue ids (uint8), noise-free fat
+    fraction and proton density (float32) per sub-voxel, its spacing (mm) and affine."""
+
+    tissue: np.ndarray
+    ff: np.ndarray
+    pd: np.ndarray
+    spacing_mm: tuple[float, float, float]
+    affine: np.ndarray
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Our muscle labels per sub-voxel (0 = any other tissue)."""
+        return np.where(self.tissue <= 18, self.tissue, 0).astype(np.uint8)
+
 
 @dataclass(frozen=True, eq=False)
 class Phantom:
     """A built phantom (arrays in RAS+ canonical orientation, body axis = axis 2).
 
     ``water``/``fat``/``in_phase``/``opposed_phase`` are noisy magnitudes (float32);
-    ``water_true``/``fat_true`` the noise-free signals; ``labels`` uint8 in our numbering
-    (0 = background); ``tissue`` uint8 tissue ids (labels 1-18 plus :data:`TISSUES`);
-    ``muscle_intermat_target`` the planted InterMAT fraction per muscle name.
+    ``water_true``/``fat_true`` the noise-free voxel signals (partial-volumed, with the coil
+    field); ``labels`` uint8 in our numbering (0 = background), the majority label of each
+    voxel's sub-voxels; ``tissue`` uint8 majority tissue ids (labels 1-18 plus
+    :data:`TISSUES`); ``truth`` the true tissue of every muscle (noise-free sub-voxel fat
+    fractions: what the truth tables are computed from); ``muscle_intermat_target`` the
+    planted fat-island volume fraction per muscle name and ``muscle_diffuse`` the planted
+    diffuse infiltration D (0-1) per muscle name; ``fine`` the whole fine grid when
+    :func:`make_phantom` was asked to keep it.
     """
 
     spec: PhantomSpec
@@ -220,7 +286,10 @@ class Phantom:
     labels: np.ndarray
     tissue: np.ndarray
     affine: np.ndarray
+    truth: FineTruth
     muscle_intermat_target: dict[str, float] = field(default_factory=dict)
+    muscle_diffuse: dict[str, float] = field(default_factory=dict)
+    fine: FineTissue | None = None
 
     @property
     def spacing_mm(self) -> tuple[float, float, float]:
@@ -236,398 +305,42 @@ class Phantom:
         }
 
 
-# --------------------------------------------------------------------------------------------
-# Anatomy.  Each structure: (tissue name or muscle base, side-mirrored?, control points).
-# Control points: (t, x_lat, y, a, b): x_lat is the distance (mm) from the midline towards the
-# structure's side (positive = lateral), y anterior (mm), a/b semi-axes along x/y (mm).  Values
-# are for a reference man (mscale 1); x/y/a/b are scaled per participant.
-# Landmarks in t: knee 0, gluteal fold 0.36, lesser trochanter 0.43, hip joint 0.47, iliac
-# crest 0.60, L1 0.74, T1 0.96, top 1.0.
-# --------------------------------------------------------------------------------------------
-
-_HIP = 0.47
-
-
-def _thigh_x(t: float) -> float:
-    """Lateral position (mm) of a thigh's axis at body level t."""
-    return 62.0 + (92.0 - 62.0) * min(max(t, 0.0), _HIP) / _HIP
-
-
-def _thigh(t: float, u: float, y: float, a: float, b: float) -> tuple[float, ...]:
-    """A control point given relative to the thigh axis (u > 0 lateral)."""
-    return (t, _thigh_x(t) + u, y, a, b)
+# Muscle tissue: proton density 0.75 at ff 0 rising to 0.95 at ff 1 (fat cells carry more
+# protons per volume than myofibres).
+_MUSCLE_PD0, _MUSCLE_PD_SLOPE = 0.75, 0.20
+_ISLAND_FF = 0.90  # fat islands (adipocytes), +-0.05
+_DIFFUSE_FF = 0.93  # what fully infiltrated muscle tissue tends to
+_LEAN_SPATIAL_SD = 0.012  # smooth within-muscle variation of lean ff (SD, fraction)
+_LEAN_TEXTURE_SD = 0.003
+# Random fields (world mm): marbling at two scales on a 4 mm lattice, a slow field on 16 mm.
+_FINE_FIELD = (4.0, 1.0)  # lattice step mm, Gaussian sigma in nodes: ~4 mm correlation
+_MID_FIELD = (8.0, 1.5)  # ~12 mm
+_SLOW_FIELD = (16.0, 1.3)  # ~20 mm
+_MARBLING_WEIGHTS = (0.8, 0.6)  # fine, mid
+# Fine-grid cells per slab of the fat pass (bounds the float32 temporaries: ~40 B per cell).
+_SLAB_CELLS = 2_000_000
+_THRESHOLD_CELLS = 120_000  # muscle cells sampled to place the marbling thresholds
 
 
-_THIGH_CORE = [_thigh(0.0, 0, 0, 50, 48), _thigh(0.25, 0, 0, 62, 60), _thigh(0.44, 0, 0, 70, 66)]
-_TRUNK_CORE = [
-    (0.38, 0, -25, 95, 55),  # buttocks: the trunk closes between the upper thighs
-    (0.43, 0, -10, 140, 85),
-    (0.47, 0, -5, 155, 95),
-    (0.60, 0, 0, 148, 100),
-    (0.68, 0, 0, 135, 95),
-    (0.80, 0, 0, 150, 105),
-    (0.93, 0, 0, 160, 100),
-    (0.955, 0, 0, 150, 90),
-]
-_NECK_CORE = [(0.955, 0, -10, 62, 58), (1.0, 0, -10, 55, 55)]
+@dataclass(frozen=True, eq=False)
+class _FatPlan:
+    """Every random draw of the fat model, as lookup tables by tissue id / muscle label."""
 
-# Muscles, in painting order (later overrides earlier).
-_MUSCLE_PLAN: tuple[tuple[str, list[tuple[float, ...]]], ...] = (
-    (
-        "quadriceps_femoris",
-        [_thigh(0.03, 2, 14, 38, 28), _thigh(0.20, 3, 18, 54, 38), _thigh(0.44, 6, 22, 46, 32)],
-    ),
-    (
-        "thigh_posterior_compartment",
-        [
-            _thigh(0.06, 0, -30, 26, 20),
-            _thigh(0.25, 2, -34, 42, 26),
-            _thigh(0.42, -14, -32, 32, 24),
-        ],
-    ),
-    (
-        "thigh_medial_compartment",
-        [
-            _thigh(0.12, -30, -10, 20, 24),
-            _thigh(0.30, -32, -6, 28, 36),
-            _thigh(0.46, -40, 0, 32, 40),
-        ],
-    ),
-    (
-        "sartorius",
-        [
-            (0.02, 45, -14, 18, 16),
-            (0.10, 45, 0, 19, 16),
-            (0.30, 72, 36, 19, 16),
-            (0.47, 108, 52, 19, 16),
-            (0.58, 114, 58, 17, 15),
-        ],
-    ),
-    (
-        "gluteus_maximus",
-        [
-            (0.36, 100, -40, 30, 22),
-            (0.45, 85, -62, 55, 30),
-            (0.53, 62, -72, 55, 26),
-            (0.59, 45, -74, 32, 20),
-        ],
-    ),
-    (
-        "gluteus_medius",
-        [(0.455, 134, -22, 21, 36), (0.53, 134, -26, 22, 42), (0.60, 124, -30, 20, 36)],
-    ),
-    (
-        "gluteus_minimus",
-        [(0.455, 99, -8, 17, 28), (0.51, 101, -10, 18, 32), (0.57, 98, -12, 16, 26)],
-    ),
-    (
-        "iliopsoas",
-        [
-            (0.425, 80, 6, 15, 14),
-            (0.47, 76, 28, 18, 16),
-            (0.52, 58, 12, 26, 18),
-            (0.58, 46, -4, 24, 17),
-            (0.66, 38, -18, 20, 18),
-            (0.74, 33, -26, 17, 16),
-        ],
-    ),
-    (
-        "autochthon",
-        [
-            (0.50, 24, -76, 18, 18),
-            (0.60, 28, -74, 24, 22),
-            (0.70, 30, -74, 24, 22),
-            (0.85, 30, -82, 20, 18),
-            (0.96, 26, -70, 18, 16),
-            (1.0, 22, -55, 16, 15),
-        ],
-    ),
-)
-
-# Non-muscle structures painted before the muscles (muscles override them).
-_PRE_PLAN: tuple[tuple[int, bool, list[tuple[float, ...]]], ...] = (
-    (LIVER, False, [(0.70, 50, 10, 70, 60), (0.78, 55, 10, 85, 70), (0.86, 40, 15, 70, 55)]),
-    (SPLEEN, False, [(0.74, -85, -30, 26, 32), (0.82, -85, -30, 28, 34)]),
-    (KIDNEY, True, [(0.65, 68, -42, 20, 24), (0.70, 70, -42, 24, 28), (0.75, 66, -40, 20, 24)]),
-    (LUNG, True, [(0.80, 72, 0, 45, 55), (0.88, 75, 0, 60, 70), (0.955, 55, 0, 40, 45)]),
-    (HEART, False, [(0.80, -15, 25, 45, 40), (0.86, -15, 30, 55, 45), (0.91, -10, 30, 40, 35)]),
-    (BLADDER, False, [(0.45, 0, 40, 30, 25), (0.52, 0, 42, 35, 28)]),
-)
-# Bones, painted after the muscles (they override).
-_BONE_PLAN: tuple[tuple[int, bool, list[tuple[float, ...]]], ...] = (
-    (BONE_MARROW, True, [_thigh(0.0, 0, 0, 18, 18), _thigh(0.08, 2, -2, 13, 13),
-                         _thigh(0.44, 12, -4, 14, 14)]),
-    (BONE_MARROW, True, [(0.475, 80, -22, 7, 40), (0.60, 96, -28, 6, 40)]),  # ilium
-    (VERTEBRA, False, [(0.47, 0, -62, 40, 14), (0.58, 0, -52, 30, 14)]),  # sacrum
-    (VERTEBRA, False, [(0.58, 0, -34, 22, 18), (0.74, 0, -32, 21, 17), (0.90, 0, -45, 17, 15),
-                       (1.0, 0, -40, 14, 12)]),  # vertebral bodies
-    (VERTEBRA, False, [(0.58, 0, -66, 5, 20), (0.74, 0, -64, 5, 18), (0.90, 0, -76, 5, 16),
-                       (1.0, 0, -62, 5, 13)]),  # spinous processes: split the autochthon
-)
-_FEMORAL_HEAD = (0.47, 84.0, 10.0, 24.0)  # t, x_lat, y, radius (mm)
+    ff: np.ndarray  # (N_TISSUE_IDS,) float32: fixed ff of non-muscle tissue
+    pd: np.ndarray  # (N_TISSUE_IDS,) float32: fixed PD of non-muscle tissue
+    lean: np.ndarray  # (19,) float32: lean ff level per muscle label
+    diffuse: np.ndarray  # (19,) float32: diffuse infiltration D per muscle label
+    islands: np.ndarray  # (19,) float64: planted fat-island volume fraction per muscle label
+    threshold: np.ndarray  # (19,) float32: marbling-field threshold per muscle label
+    lean_other: float
+    visceral: float
+    field_seed: int
+    island_fraction: dict[str, float]
+    diffuse_by_name: dict[str, float]
 
 
-def _interp(points: list[tuple[float, ...]], t: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Interpolate control points (t, x, y, a, b) at levels t; outside the range -> NaN a."""
-    pts = np.asarray(points, dtype=np.float64)
-    cols = [np.interp(t, pts[:, 0], pts[:, c]) for c in range(1, 5)]
-    outside = (t < pts[0, 0]) | (t > pts[-1, 0])
-    cols[2] = np.where(outside, np.nan, cols[2])
-    return tuple(cols)
-
-
-@dataclass(frozen=True)
-class _Grid:
-    x: np.ndarray  # (nx, ny, nz) warped lateral coordinate, mm (RAS x)
-    y: np.ndarray  # (nx, ny, nz) warped anterior coordinate, mm
-    t: np.ndarray  # (nz,) body level per slice
-    z: np.ndarray  # (nz,) world z per slice, mm
-    z_knee: float
-    length: float
-
-
-def _paint(
-    tissue: np.ndarray,
-    grid: _Grid,
-    value: int,
-    points: list[tuple[float, ...]],
-    *,
-    side: int,
-    scale: float,
-    jitter: np.ndarray,
-    within: np.ndarray | None = None,
-) -> None:
-    """Paint one ellipse stack (one side: +1 right, -1 left, 0 midline) into ``tissue``."""
-    cx, cy, a, b = _interp(points, grid.t)
-    ks = np.nonzero(np.isfinite(a))[0]
-    if ks.size == 0:
-        return
-    k0, k1 = int(ks[0]), int(ks[-1]) + 1
-    sign = 1.0 if side >= 0 else -1.0
-    cx = sign * (cx[k0:k1] * scale + jitter[0])
-    cy = cy[k0:k1] * scale + jitter[1]
-    a = a[k0:k1] * scale * jitter[2]
-    b = b[k0:k1] * scale * jitter[3]
-    xs, ys = grid.x[:, :, k0:k1], grid.y[:, :, k0:k1]
-    inside = ((xs - cx) / a) ** 2 + ((ys - cy) / b) ** 2 <= 1.0
-    if within is not None:
-        inside &= within[:, :, k0:k1]
-    tissue[:, :, k0:k1][inside] = value
-
-
-def _smooth_field(rng: np.random.Generator, shape: tuple[int, ...], sigma_vox: float) -> np.ndarray:
-    """A zero-mean, unit-variance Gaussian random field smoothed by ``sigma_vox`` voxels."""
-    from scipy.ndimage import gaussian_filter
-
-    f = gaussian_filter(rng.standard_normal(shape).astype(np.float32), sigma_vox, mode="wrap")
-    f -= f.mean()
-    f /= f.std() + 1e-12
-    return f
-
-
-def _make_grid(spec: PhantomSpec, rng: np.random.Generator) -> _Grid:
-    nx, ny, nz = (int(s) for s in spec.shape)
-    aff = spec.affine()
-    x = aff[0, 3] + aff[0, 0] * np.arange(nx)
-    y = aff[1, 3] + aff[1, 1] * np.arange(ny)
-    z = aff[2, 3] + aff[2, 2] * np.arange(nz)
-    length = 0.52 * spec.height * 1000.0  # neck-to-knee length, mm
-    z_knee = z[0] + 12.0 + rng.uniform(0, 12.0)
-    t = (z - z_knee) / length
-    # Smooth deformation: a slow sideways/forward drift of the body axis (posture) plus a 3-D
-    # warp of two random plane waves; amplitudes in mm.
-    amp = spec.deformation_mm
-    drift_x = amp * 0.6 * np.sin(2 * np.pi * (t / rng.uniform(0.8, 1.6)) + rng.uniform(0, 6.3))
-    drift_y = amp * 0.4 * np.sin(2 * np.pi * (t / rng.uniform(0.8, 1.6)) + rng.uniform(0, 6.3))
-    X = np.broadcast_to(x[:, None, None], (nx, ny, nz)).astype(np.float32)
-    Y = np.broadcast_to(y[None, :, None], (nx, ny, nz)).astype(np.float32)
-    Z = z[None, None, :].astype(np.float32)
-    X = X - drift_x[None, None, :].astype(np.float32)
-    Y = Y - drift_y[None, None, :].astype(np.float32)
-    for _ in range(2):
-        kvec = rng.normal(size=3)
-        kvec *= 2 * np.pi / rng.uniform(250.0, 450.0) / np.linalg.norm(kvec)
-        phase = rng.uniform(0, 2 * np.pi)
-        wave = np.sin(kvec[0] * X + kvec[1] * Y + kvec[2] * Z + phase)
-        X = X + amp * 0.5 * rng.uniform(-1, 1) * wave
-        Y = Y + amp * 0.5 * rng.uniform(-1, 1) * wave
-    return _Grid(x=X.astype(np.float32), y=Y.astype(np.float32), t=t, z=z, z_knee=z_knee,
-                 length=length)
-
-
-def _body_scales(spec: PhantomSpec, rng: np.random.Generator) -> tuple[float, float, float]:
-    """(muscle scale, subcutaneous fat thickness mm, visceral fat fraction)."""
-    male = spec.sex == "male"
-    mscale = (1.0 if male else 0.9) * (spec.height / (1.77 if male else 1.64)) ** 0.5
-    mscale *= 1.0 + 0.15 * np.tanh((spec.bmi - 25.0) / 10.0)  # heavier people carry more muscle
-    mscale *= 1.0 - 0.002 * max(spec.age - 40.0, 0.0)  # age-related atrophy
-    mscale *= float(np.exp(rng.normal(0, 0.04)))
-    fat_mm = (12.0 if male else 20.0) * (spec.bmi / 24.0) ** 2.2 * float(np.exp(rng.normal(0, 0.1)))
-    fat_mm = float(np.clip(fat_mm, 4.0, 70.0))
-    visceral = float(np.clip((0.25 if male else 0.18) + 0.02 * (spec.bmi - 25.0), 0.05, 0.7))
-    return float(mscale), fat_mm, visceral
-
-
-def _paint_anatomy(
-    spec: PhantomSpec, grid: _Grid, rng: np.random.Generator, mscale: float, fat_mm: float
-) -> np.ndarray:
-    """Tissue ids on the grid (muscles 1-18, other tissue per :data:`TISSUES`)."""
-    nx, ny, nz = (int(s) for s in spec.shape)
-    tissue = np.zeros((nx, ny, nz), dtype=np.uint8)
-    ones = np.array([0.0, 0.0, 1.0, 1.0])
-
-    def outline(points, grow):
-        return [(t, x, y, a + grow / mscale, b + grow / mscale) for t, x, y, a, b in points]
-
-    def jit(pos_mm=3.0, size=0.05):
-        return np.array([rng.normal(0, pos_mm), rng.normal(0, pos_mm),
-                         float(np.exp(rng.normal(0, size))), float(np.exp(rng.normal(0, size)))])
-
-    # Body outline (subcutaneous fat), then the fascial core filled with intermuscular fat.
-    belly = 1.0 + 0.25 * max(spec.bmi - 25.0, 0.0) / 10.0  # abdominal girth grows with BMI
-    trunk_core = [(t, x, y, a * (belly if 0.55 < t < 0.8 else 1.0), b * (belly if 0.55 < t < 0.8
-                   else 1.0)) for t, x, y, a, b in _TRUNK_CORE]
-    for side in (-1, 1):
-        _paint(tissue, grid, SUBCUT_FAT, outline(_THIGH_CORE, fat_mm), side=side, scale=mscale,
-               jitter=ones)
-    _paint(tissue, grid, SUBCUT_FAT, outline(trunk_core, fat_mm), side=0, scale=mscale,
-           jitter=ones)
-    _paint(tissue, grid, SUBCUT_FAT, outline(_NECK_CORE, fat_mm * 0.5), side=0, scale=mscale,
-           jitter=ones)
-    for side in (-1, 1):
-        _paint(tissue, grid, INTERMUSCULAR_FAT, _THIGH_CORE, side=side, scale=mscale, jitter=ones)
-    _paint(tissue, grid, OTHER_MUSCLE, trunk_core, side=0, scale=mscale, jitter=ones)
-    _paint(tissue, grid, OTHER_MUSCLE, _NECK_CORE, side=0, scale=mscale, jitter=ones)
-    _paint_arms(tissue, grid, trunk_core, mscale, fat_mm)
-    # Inside the trunk wall (~14 mm of unlabelled muscle: abdominal wall, intercostals, ...):
-    # The perineum and the ischioanal fossae below the pelvic inlet are fat, the abdominal and
-    # thoracic cavities viscera.
-    wall = 14.0
-    inner = outline(trunk_core, -wall)
-    _paint(tissue, grid, INTERMUSCULAR_FAT, [p for p in inner if p[0] <= 0.5], side=0,
-           scale=mscale, jitter=ones)
-    # The pelvic cavity is a bowl: narrow at the pelvic floor, full width at the iliac crest.
-    cavity = [(0.46, 0, 10, 20, 15), (0.48, 0, 10, 55, 45), (0.53, 0, 5, 85, 62)]
-    cavity += [p for p in inner if p[0] >= 0.59]
-    _paint(tissue, grid, VISCERA, cavity, side=0, scale=mscale, jitter=ones)
-    body = tissue > 0
-    for value, mirrored, points in _PRE_PLAN:
-        for side in ((-1, 1) if mirrored else (0,)):
-            _paint(tissue, grid, value, points, side=side or 1, scale=mscale, jitter=jit(),
-                   within=tissue == VISCERA)
-    core = (tissue != SUBCUT_FAT) & body
-    for base, points in _MUSCLE_PLAN:
-        for side, sname in ((-1, "left"), (1, "right")):
-            label = MUSCLE_BY_NAME[f"{base}_{sname}"].label
-            _paint(tissue, grid, label, points, side=side, scale=mscale, jitter=jit(), within=core)
-    for value, mirrored, points in _BONE_PLAN:
-        for side in ((-1, 1) if mirrored else (0,)):
-            _paint(tissue, grid, value, points, side=side or 1, scale=mscale, jitter=jit(1.0, 0.02))
-    # Femoral heads (spheres).
-    th, xl, yh, rad = _FEMORAL_HEAD
-    zh = grid.z_knee + th * grid.length
-    zz = grid.z[None, None, :]
-    for side in (-1, 1):
-        d2 = ((grid.x - side * xl * mscale) ** 2 + (grid.y - yh * mscale) ** 2
-              + (zz - zh) ** 2)
-        tissue[d2 <= (rad * mscale) ** 2] = BONE_MARROW
-    return _drop_fragments(_cut_fascia(tissue))
-
-
-def _drop_fragments(tissue: np.ndarray) -> np.ndarray:
-    """Keep each labelled muscle's largest connected piece; slivers cut off by crossing
-    structures become intermuscular fat (a real muscle is one body)."""
-    from scipy import ndimage
-
-    for m in MUSCLE_BY_NAME.values():
-        mask = tissue == m.label
-        if not mask.any():
-            continue
-        box = ndimage.find_objects(mask.astype(np.uint8))[0]
-        comp, n = ndimage.label(mask[box])
-        if n <= 1:
-            continue
-        sizes = np.bincount(comp.ravel())
-        sizes[0] = 0
-        sub = tissue[box]
-        sub[(comp > 0) & (comp != int(np.argmax(sizes)))] = INTERMUSCULAR_FAT
-    return tissue
-
-
-def _paint_arms(
-    tissue: np.ndarray, grid: _Grid, trunk_core: list, mscale: float, fat_mm: float
-) -> None:
-    """Arms hanging beside the trunk (unlabelled muscle around the humerus/forearm bones, in
-    their own subcutaneous fat), a few mm clear of the trunk; the field of view may cut them,
-    as it often does in real neck-to-knee scans."""
-    pts = np.asarray(trunk_core, dtype=np.float64)
-    arm = []
-    for t, a, b in ((0.40, 26, 24), (0.52, 30, 28), (0.62, 34, 34), (0.75, 38, 40),
-                    (0.90, 44, 46), (0.95, 46, 48)):
-        trunk_a = float(np.interp(t, pts[:, 0], pts[:, 3]))
-        grow = 0.6 * fat_mm / mscale
-        x = trunk_a + (fat_mm + 6.0) / mscale + a + grow
-        arm.append((t, x, -5.0, a, b))
-    bone = [(t, x, y, 10.0, 10.0) for t, x, y, _, _ in arm]
-    grow = 0.6 * fat_mm
-    for side in (-1, 1):
-        skin = [(t, x, y, a + grow / mscale, b + grow / mscale) for t, x, y, a, b in arm]
-        ones = np.array([0.0, 0.0, 1.0, 1.0])
-        _paint(tissue, grid, SUBCUT_FAT, skin, side=side, scale=mscale, jitter=ones)
-        _paint(tissue, grid, OTHER_MUSCLE, arm, side=side, scale=mscale, jitter=ones)
-        _paint(tissue, grid, BONE_MARROW, bone, side=side, scale=mscale, jitter=ones)
-
-
-def _is_muscle(tissue: np.ndarray) -> np.ndarray:
-    return ((tissue >= 1) & (tissue <= 18)) | (tissue == OTHER_MUSCLE)
-
-
-def _cut_priority() -> np.ndarray:
-    prio = np.zeros(256, dtype=np.int16)
-    order = {
-        "quadriceps_femoris": 90, "gluteus_maximus": 85, "thigh_posterior_compartment": 80,
-        "autochthon": 75, "thigh_medial_compartment": 70, "gluteus_medius": 60,
-        "iliopsoas": 50, "gluteus_minimus": 10, "sartorius": 5,
-    }
-    for m in MUSCLE_BY_NAME.values():
-        prio[m.label] = order[m.base]
-    prio[OTHER_MUSCLE] = 100
-    return prio
-
-
-_CUT_PRIORITY = _cut_priority()
-
-
-def _cut_fascia(tissue: np.ndarray) -> np.ndarray:
-    """Turn one voxel of every touching pair of different muscles into fascia (fat), so each
-    labelled muscle is separated from its neighbours by a visible one-voxel fat plane."""
-    muscle = _is_muscle(tissue)
-    cut = np.zeros(tissue.shape, dtype=bool)
-    for axis in range(3):
-        lo = [slice(None)] * 3
-        hi = [slice(None)] * 3
-        lo[axis] = slice(0, -1)
-        hi[axis] = slice(1, None)
-        a, b = tissue[tuple(lo)], tissue[tuple(hi)]
-        touching = muscle[tuple(lo)] & muscle[tuple(hi)] & (a != b)
-        # Cut on the side of the bigger muscle, so small muscles keep their thickness.
-        pa, pb = _CUT_PRIORITY[a], _CUT_PRIORITY[b]
-        cut_hi = touching & (pb >= pa)
-        cut_lo = touching & (pa > pb)
-        cut[tuple(hi)] |= cut_hi
-        cut[tuple(lo)] |= cut_lo
-    out = tissue.copy()
-    out[cut] = FASCIA
-    return out
-
-
-# --------------------------------------------------------------------------------------------
-# Fat.
-# --------------------------------------------------------------------------------------------
-
-
-def _intermat_targets(spec: PhantomSpec, rng: np.random.Generator) -> dict[str, float]:
-    """The planted InterMAT fraction (0-1) of each of the 18 muscles."""
+def _draw_fat(spec: PhantomSpec, rng: np.random.Generator, visceral: float) -> _FatPlan:
+    """Draw the fat model of one phantom (per-muscle marbling, diffuse infiltration, lean)."""
     female = spec.sex == "female"
     r0 = (
         0.012
@@ -637,37 +350,10 @@ def _intermat_targets(spec: PhantomSpec, rng: np.random.Generator) -> dict[str, 
     )
     r0 *= spec.intermat_scale * float(np.exp(rng.normal(0, 0.25)))
     severity = float(np.exp(rng.normal(0, 0.45)))
+    diffuse_share = float(rng.uniform(0.0, 1.0))
+    if spec.diffuse_share is not None:
+        diffuse_share = float(spec.diffuse_share)
     rates = _MYOPATHY_RATES[spec.diagnosis or "IMNM"]
-    out = {}
-    for name, m in MUSCLE_BY_NAME.items():
-        r = r0 * _INTERMAT_FACTOR[m.base] * float(np.exp(rng.normal(0, 0.2)))
-        r = min(r, 0.9)
-        if spec.myopathy:
-            rate = 0.6 * rates[m.base] * severity * float(np.exp(rng.normal(0, 0.3)))
-            r = 1.0 - (1.0 - r) * float(np.exp(-rate * float(spec.disease_duration_years)))
-        out[name] = float(np.clip(r, 0.0, 0.99))
-    return out
-
-
-def _fat_fraction(
-    spec: PhantomSpec, tissue: np.ndarray, targets: dict[str, float], rng: np.random.Generator,
-    visceral: float,
-) -> tuple[np.ndarray, np.ndarray]:
-    """(fat fraction, relative proton density) per voxel."""
-    female = spec.sex == "female"
-    ff = np.zeros(tissue.shape, dtype=np.float32)
-    pd = np.zeros(tissue.shape, dtype=np.float32)
-    for tid, (p, f) in _TISSUE_SIGNAL.items():
-        sel = tissue == tid
-        pd[sel], ff[sel] = p, f
-    # Liver fat rises with BMI (steatosis); marrow with age.
-    ff[tissue == LIVER] = float(np.clip(0.03 + 0.012 * max(spec.bmi - 25, 0), 0.02, 0.35))
-    ff[tissue == VERTEBRA] = float(np.clip(0.3 + 0.005 * spec.age, 0.3, 0.8))
-    texture = _smooth_field(rng, tissue.shape, 1.0)
-    islands = _smooth_field(rng, tissue.shape, 0.9)
-    sel = tissue == VISCERA
-    pd[sel] = 0.85
-    ff[sel] = np.clip(visceral + 0.25 * texture[sel], 0.02, 0.95)
     lean0 = (
         0.03
         + 0.0004 * (spec.age - 40.0)
@@ -676,42 +362,167 @@ def _fat_fraction(
     )
     if spec.myopathy:
         lean0 += 0.002 * float(spec.disease_duration_years)
-    other = tissue == OTHER_MUSCLE
-    pd[other] = _MUSCLE_PD
-    ff[other] = np.clip(lean0 + 0.004 * texture[other], 0.015, 0.09)
-    for name, m in MUSCLE_BY_NAME.items():
-        sel = tissue == m.label
-        n = int(sel.sum())
-        if n == 0:
-            continue
-        lean = float(np.clip(lean0 + rng.normal(0, 0.005), 0.015, 0.08))
-        vals = np.clip(lean + 0.004 * texture[sel], 0.01, 0.10)
-        p = np.full(n, _MUSCLE_PD, dtype=np.float32)
-        r = targets[name]
-        k = int(round(r * n))
-        if k > 0:
-            # InterMAT: the k voxels where the island field is highest (exactly fraction r).
-            field_vals = islands[sel]
-            idx = np.argpartition(-field_vals, k - 1)[:k]
-            vals[idx] = np.clip(0.8 + 0.08 * texture[sel][idx], 0.55, 0.97)
-            p[idx] = _ISLAND_PD
-        ff[sel] = vals
-        pd[sel] = p
+    n = len(MUSCLES) + 1
+    lean = np.zeros(n, np.float32)
+    diffuse = np.zeros(n, np.float32)
+    island = np.zeros(n, np.float64)
+    islands, diffuse_by_name = {}, {}
+    for m in MUSCLES:
+        r = min(r0 * _INTERMAT_FACTOR[m.base] * float(np.exp(rng.normal(0, 0.2))), 0.9)
+        d = 0.0
+        if spec.myopathy:
+            rate = 0.6 * rates[m.base] * severity * float(np.exp(rng.normal(0, 0.3)))
+            total = 1.0 - (1.0 - r) * float(np.exp(-rate * float(spec.disease_duration_years)))
+            jitter = rng.normal(0, 0.15)
+            if spec.diffuse_share is None:
+                share = float(np.clip(diffuse_share + jitter, 0.0, 1.0))
+            else:  # a fixed pattern (tests, demonstrations): no per-muscle jitter
+                share = diffuse_share
+            isl = r + (1.0 - share) * (total - r)
+            d = (total - isl) / (1.0 - isl) if isl < 1.0 else 0.0
+            r = isl
+        else:
+            rng.normal(0, 0.3)  # same number of draws with and without myopathy
+            rng.normal(0, 0.15)
+        r = float(np.clip(r, 0.0, 0.99))
+        islands[m.name] = r
+        diffuse_by_name[m.name] = float(d)
+        diffuse[m.label] = d
+        island[m.label] = r
+        lean[m.label] = float(np.clip(lean0 + rng.normal(0, 0.005), 0.015, 0.08))
+    ff = np.zeros(N_TISSUE_IDS, np.float32)
+    pd = np.zeros(N_TISSUE_IDS, np.float32)
+    for tid, (p, f) in _TISSUE_SIGNAL.items():
+        pd[tid], ff[tid] = p, f
+    # Liver fat rises with BMI (steatosis); marrow with age.
+    ff[LIVER] = float(np.clip(0.03 + 0.012 * max(spec.bmi - 25, 0), 0.02, 0.35))
+    ff[VERTEBRA] = float(np.clip(0.3 + 0.005 * spec.age, 0.3, 0.8))
+    field_seed = int(rng.integers(0, 2**62))
+    return _FatPlan(ff=ff, pd=pd, lean=lean, diffuse=diffuse, islands=island,
+                    threshold=np.full(n, np.inf, np.float32),
+                    lean_other=float(lean0), visceral=visceral, field_seed=field_seed,
+                    island_fraction=islands, diffuse_by_name=diffuse_by_name)
+
+
+def _fat_fields(spec: PhantomSpec, seed: int) -> LatticeField:
+    """Two channels on a 4 mm lattice covering the field of view: the marbling field
+    (unit variance, two scales) and the slow field (unit variance)."""
+    a = spec.affine()
+    lo = tuple(a[i, 3] - spec.spacing_mm[i] for i in range(3))
+    hi = tuple(a[i, 3] + spec.shape[i] * spec.spacing_mm[i] for i in range(3))
+    fine = lattice_field(seed, lo, hi, *_FINE_FIELD)
+    mid = lattice_field(seed + 1, lo, hi, *_MID_FIELD)
+    slow = lattice_field(seed + 2, lo, hi, *_SLOW_FIELD)
+    stacked = stack_fields(fine, mid, slow)
+    v = stacked.values
+    wf, wm = _MARBLING_WEIGHTS
+    marbling = (wf * v[0] + wm * v[1]) / np.float32(np.hypot(wf, wm))
+    out = np.stack([marbling, v[2]], axis=0).astype(np.float32)
+    return LatticeField(out, stacked.origin, stacked.step)
+
+
+def _island_thresholds(tissue: np.ndarray, xs, ys, zs, fields: LatticeField,
+                       fractions: np.ndarray) -> np.ndarray:
+    """Per muscle label, the marbling-field value exceeded by ``fractions[label]`` of the
+    muscle's cells (estimated from up to ~120 000 cells spread over all muscles), so each
+    muscle's islands fill its planted fraction whatever the field happens to do there."""
+    flat = np.flatnonzero((tissue >= 1) & (tissue <= 18))
+    flat = flat[:: max(1, flat.size // _THRESHOLD_CELLS)]
+    labs = tissue.ravel()[flat]
+    i, j, k = np.unravel_index(flat, tissue.shape)
+    marbling = sample_points(fields, xs[i], ys[j], zs[k])[0]
+    out = np.full(len(fractions), np.inf, np.float32)
+    for label in range(1, len(fractions)):
+        r = float(fractions[label])
+        vals = marbling[labs == label]
+        if r > 0 and vals.size:
+            out[label] = np.float32(np.quantile(vals, 1.0 - r))
+    return out
+
+
+def _tissue_signal(tissue: np.ndarray, fields: np.ndarray, fat: _FatPlan
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """(ff, PD) float32 of every cell of ``tissue``; ``fields`` (2, ...): marbling, slow."""
+    ff = fat.ff[tissue]
+    pd = fat.pd[tissue]
+    marb = fields[0]
+    slow = fields[1]
+    sel = tissue == VISCERA
+    pd[sel] = 0.85
+    ff[sel] = np.clip(fat.visceral + 0.25 * marb[sel], 0.02, 0.95)
+    sel = tissue == OTHER_MUSCLE
+    ff[sel] = np.clip(fat.lean_other + 0.004 * marb[sel], 0.015, 0.09)
+    pd[sel] = _MUSCLE_PD0
+    sel = (tissue >= 1) & (tissue <= 18)
+    if sel.any():
+        lab = tissue[sel]
+        m, s = marb[sel], slow[sel]
+        lean = fat.lean[lab] + np.float32(_LEAN_SPATIAL_SD) * s + np.float32(_LEAN_TEXTURE_SD) * m
+        np.clip(lean, 0.005, 0.2, out=lean)
+        d = fat.diffuse[lab] * (np.float32(1.0) + np.float32(0.35) * s)
+        np.clip(d, 0.0, 0.97, out=d)
+        v = lean + (np.float32(_DIFFUSE_FF) - lean) * d
+        island = m > fat.threshold[lab]
+        v[island] = np.clip(np.float32(_ISLAND_FF) + np.float32(0.025) * s[island], 0.85, 0.95)
+        ff[sel] = v
+        pd[sel] = np.float32(_MUSCLE_PD0) + np.float32(_MUSCLE_PD_SLOPE) * v
     return ff, pd
+
+
+def _block_mean(a: np.ndarray, s: int) -> np.ndarray:
+    """Mean over ``s x s x s`` blocks (float32)."""
+    if s == 1:
+        return a.astype(np.float32, copy=True)
+    nx, ny, nz = a.shape
+    out = a.reshape(nx, ny, nz // s, s).sum(axis=3, dtype=np.float32)
+    out = out.reshape(nx, ny // s, s, nz // s).sum(axis=2)
+    out = out.reshape(nx // s, s, ny // s, nz // s).sum(axis=1)
+    out *= np.float32(1.0 / s**3)
+    return out
+
+
+def _block_mode(a: np.ndarray, s: int, n_classes: int, centre: np.ndarray) -> np.ndarray:
+    """The value held by most cells of each ``s x s x s`` block.  A tie goes to ``centre``
+    (the value at the block's centre point) when it is among the tied values, else to the
+    lowest of them."""
+    nx, ny, nz = a.shape
+    blocks = a.reshape(nx // s, s, ny // s, s, nz // s, s).transpose(0, 2, 4, 1, 3, 5)
+    blocks = blocks.reshape(nx // s, ny // s, nz // s, s**3)
+    first = blocks[..., 0]
+    out = first.copy()
+    if s == 1:
+        return out
+    if s == 2 and blocks.dtype == np.uint8:  # 8 cells = one uint64: one compare per block
+        packed = np.ascontiguousarray(blocks).view(np.uint64)[..., 0]
+        mixed = np.nonzero(packed != first.astype(np.uint64) * np.uint64(0x0101010101010101))
+    else:
+        mixed = np.nonzero((blocks != first[..., None]).any(axis=-1))
+    if mixed[0].size:
+        sub = blocks[mixed].astype(np.int64)
+        rows = np.arange(sub.shape[0])
+        counts = np.bincount(np.repeat(rows, s**3) * n_classes + sub.ravel(),
+                             minlength=sub.shape[0] * n_classes).reshape(-1, n_classes)
+        best = np.argmax(counts, axis=1)  # first maximum: the lowest tied value
+        c = centre[mixed].astype(np.int64)
+        at_centre = counts[rows, c] == counts[rows, best]
+        out[mixed] = np.where(at_centre, c, best)
+    return out
 
 
 def _bias_field(spec: PhantomSpec, rng: np.random.Generator) -> np.ndarray:
     """A smooth multiplicative coil-sensitivity field (product of 1-D cosines)."""
     amp = spec.bias_amplitude
+    draws = [(rng.uniform(0.5, 1.0), rng.uniform(-1, 1)) for _ in range(3)]
     f = np.ones(tuple(int(s) for s in spec.shape), dtype=np.float32)
     if amp <= 0:
         return f
     for axis, n in enumerate(spec.shape):
         u = np.linspace(-1, 1, int(n), dtype=np.float32)
-        prof = 1.0 + amp * 0.5 * np.cos(np.pi * u * rng.uniform(0.5, 1.0) + rng.uniform(-1, 1))
+        freq, phase = draws[axis]
+        prof = 1.0 + amp * 0.5 * np.cos(np.pi * u * freq + phase)
         shape = [1, 1, 1]
         shape[axis] = int(n)
-        f = f * prof.reshape(shape)
+        f = f * prof.reshape(shape).astype(np.float32)
     return f / f.mean()
 
 
@@ -724,49 +535,139 @@ def _rician(signal: np.ndarray, sigma: float, rng: np.random.Generator) -> np.nd
     return np.hypot(re, im).astype(np.float32, copy=False)
 
 
-def make_phantom(spec: PhantomSpec, seed: int | np.random.SeedSequence = 0) -> Phantom:
+def _paint_fine(plan, xs, ys, zs) -> np.ndarray:
+    """Tissue ids on the whole fine grid (fascia cut, fragments dropped)."""
+    tissue = np.zeros((len(xs), len(ys), len(zs)), dtype=np.uint8)
+    per_slice = len(xs) * len(ys)
+    step = max(1, _SLAB_CELLS // per_slice)
+    for k0 in range(0, len(zs), step):
+        k1 = min(len(zs), k0 + step)
+        box = body_box(plan, xs, ys, zs[k0:k1])
+        if box is None:
+            continue
+        bx, by = box
+        tissue[bx, by, k0:k1] = paint_box(plan, xs[bx], ys[by], zs[k0:k1])
+    cut_fascia(tissue)
+    drop_fragments(tissue)
+    return tissue
+
+
+def _voxel_box(plan, xs, ys, zs, s: int) -> tuple[slice, slice] | None:
+    """(x, y) box of the fine cells any structure can reach in slices ``zs``, widened to
+    whole voxels."""
+    box = body_box(plan, xs, ys, zs)
+    if box is None:
+        return None
+    bx, by = box
+    return (slice(bx.start // s * s, -(-bx.stop // s) * s),
+            slice(by.start // s * s, -(-by.stop // s) * s))
+
+
+def make_phantom(spec: PhantomSpec, seed: int | np.random.SeedSequence = 0, *,
+                 keep_fine: bool = False) -> Phantom:
     """Build one phantom in memory.
 
     Parameters
     ----------
     spec : what to build (grid, participant characteristics, noise).
-    seed : seed of every random draw (shape deformation, fat islands, noise); the same
-        ``(spec, seed)`` gives bit-identical arrays.
+    seed : seed of every random draw (shape deformation, fat, noise); the same ``(spec,
+        seed)`` gives bit-identical arrays, and the same seed with another voxel size (same
+        field of view) the same body.
+    keep_fine : also return the fine grid (:attr:`Phantom.fine`; ``supersample**3`` times the
+        voxels: for tests and small phantoms).
 
     Returns
     -------
     Phantom
         float32 noisy ``water``, ``fat``, ``in_phase`` (|W+F|), ``opposed_phase`` (|W-F|),
-        noise-free ``water_true``/``fat_true``, uint8 ``labels`` (our numbering), 4x4 RAS+
-        ``affine`` (mm).
+        noise-free ``water_true``/``fat_true``, uint8 ``labels`` (our numbering), the true
+        tissue ``truth``, 4x4 RAS+ ``affine`` (mm).
     """
     ss = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(int(seed))
     shape_rng, fat_rng, noise_rng = (np.random.default_rng(s) for s in ss.spawn(3))
-    grid = _make_grid(spec, shape_rng)
-    mscale, fat_mm, visceral = _body_scales(spec, shape_rng)
-    tissue = _paint_anatomy(spec, grid, shape_rng, mscale, fat_mm)
-    targets = _intermat_targets(spec, fat_rng)
-    ff, pd = _fat_fraction(spec, tissue, targets, fat_rng, visceral)
+    s = spec.supersample
+    affine = spec.affine()
+    xs, ys, zs = spec.subvoxel_centres()
+    vx, vy, vz = (affine[i, 3] + affine[i, i] * np.arange(int(spec.shape[i])) for i in range(3))
+    warp = draw_warp(shape_rng, height=spec.height, deformation_mm=spec.deformation_mm,
+                     z_first=float(affine[2, 3]))
+    mscale, fat_mm, visceral = body_scales(sex=spec.sex, height=spec.height, bmi=spec.bmi,
+                                           age=spec.age, rng=shape_rng)
+    plan = draw_anatomy(shape_rng, mscale=mscale, fat_mm=fat_mm, bmi=spec.bmi, warp=warp)
+    tissue_fine = _paint_fine(plan, xs, ys, zs)
+    fat = _draw_fat(spec, fat_rng, visceral)
     bias = _bias_field(spec, fat_rng)
-    s = np.float32(spec.signal_scale) * pd * bias
-    water_true = (s * (1.0 - ff)).astype(np.float32)
-    fat_true = (s * ff).astype(np.float32)
+    fields = _fat_fields(spec, fat.field_seed)
+    fat = replace(fat, threshold=_island_thresholds(tissue_fine, xs, ys, zs, fields,
+                                                    fat.islands))
+
+    shape = tuple(int(n) for n in spec.shape)
+    water_true = np.zeros(shape, np.float32)
+    fat_true = np.zeros(shape, np.float32)
+    labels = np.zeros(shape, np.uint8)
+    tissue = np.zeros(shape, np.uint8)
+    ff_fine = np.zeros(tissue_fine.shape, np.float32) if keep_fine else None
+    pd_fine = np.zeros(tissue_fine.shape, np.float32) if keep_fine else None
+    truth_parts = []
+    per_slice = tissue_fine.shape[0] * tissue_fine.shape[1] * s
+    step = max(1, _SLAB_CELLS // per_slice)  # voxel slices per slab
+    for c0 in range(0, shape[2], step):
+        c1 = min(shape[2], c0 + step)
+        k0, k1 = c0 * s, c1 * s
+        box = _voxel_box(plan, xs, ys, zs[k0:k1], s)
+        if box is None:
+            continue
+        bx, by = box
+        t = tissue_fine[bx, by, k0:k1]
+        f_here = sample_grid(fields, xs[bx], ys[by], zs[k0:k1])
+        ff, pd = _tissue_signal(t, f_here, fat)
+        del f_here
+        lab = np.where(t <= 18, t, 0).astype(np.uint8)
+        truth_parts.append(split_by_label(ff, lab))
+        cx = slice(bx.start // s, bx.stop // s)
+        cy = slice(by.start // s, by.stop // s)
+        w = pd * (1.0 - ff)
+        water_true[cx, cy, c0:c1] = _block_mean(w, s)
+        np.multiply(pd, ff, out=w)
+        fat_true[cx, cy, c0:c1] = _block_mean(w, s)
+        # Ties between sub-voxels go to the tissue at the voxel's centre (the anatomy before
+        # fascia and fragments): for a boundary crossing the voxel, the centre lies on the
+        # side that covers at least half of it, so the labels' volume is unbiased.
+        centre = paint_box(plan, vx[cx], vy[cy], vz[c0:c1]) if s > 1 else t
+        labels[cx, cy, c0:c1] = _block_mode(lab, s, 19, np.where(centre <= 18, centre, 0))
+        tissue[cx, cy, c0:c1] = _block_mode(t, s, N_TISSUE_IDS, centre)
+        if keep_fine:
+            ff_fine[bx, by, k0:k1] = ff
+            pd_fine[bx, by, k0:k1] = pd
+    gain = np.float32(spec.signal_scale) * bias
+    water_true *= gain
+    fat_true *= gain
     sigma = float(spec.noise_fraction * spec.signal_scale)
     water = _rician(water_true, sigma, noise_rng)
-    fat = _rician(fat_true, sigma, noise_rng)
+    fat_img = _rician(fat_true, sigma, noise_rng)
     in_phase = _rician(water_true + fat_true, sigma, noise_rng)
     opposed = _rician(np.abs(water_true - fat_true), sigma, noise_rng)
-    labels = np.where(tissue <= 18, tissue, 0).astype(np.uint8)
+    sub_mm = tuple(float(h) / s for h in spec.spacing_mm)
+    truth = FineTruth(merge_by_label(truth_parts), sub_mm, tuple(float(h) for h in
+                                                                spec.spacing_mm))
+    fine = None
+    if keep_fine:
+        fa = np.diag([*sub_mm, 1.0])
+        fa[:3, 3] = (xs[0], ys[0], zs[0])
+        fine = FineTissue(tissue_fine, ff_fine, pd_fine, sub_mm, fa)
     return Phantom(
         spec=spec,
         water=water,
-        fat=fat,
+        fat=fat_img,
         in_phase=in_phase,
         opposed_phase=opposed,
         water_true=water_true,
         fat_true=fat_true,
         labels=labels,
         tissue=tissue,
-        affine=spec.affine(),
-        muscle_intermat_target=targets,
+        affine=affine,
+        truth=truth,
+        muscle_intermat_target=fat.island_fraction,
+        muscle_diffuse=fat.diffuse_by_name,
+        fine=fine,
     )

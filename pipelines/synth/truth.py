@@ -1,11 +1,23 @@
-"""Ground-truth metrics of a phantom, from its noise-free water/fat and labels.
+"""Ground-truth metrics of a phantom.
 
-A deliberately small, independent NumPy implementation of the quantify definitions, so the
-quantify stage can be checked against it:
+Two functions, one set of definitions (those of the quantify stage, docs/quantify.md):
 
-* voxel volume from the spacing, cm3 = mm3 / 1000; ``ff = F / (W + F)``;
+* :func:`truth_tables` - the cohort's truth (``truth/muscle_metrics.csv``,
+  ``truth/participant_metrics.csv``): the definitions applied to the phantom's *true tissue*,
+  the noise-free fat fractions of its fine grid (each image voxel split into ``s x s x s``
+  sub-voxels; :class:`FineTruth`), not to the voxels the pipeline sees.  Measured minus truth
+  is then the whole measurement error: partial volume, noise, labels.
+* :func:`truth_metrics` - the same definitions on voxel arrays (``W``, ``F``, labels): a
+  deliberately small, independent NumPy implementation that the quantify stage is checked
+  against, and that, applied to the fine grid's arrays, checks :func:`truth_tables`.
+
+Definitions (both):
+
+* voxel (sub-voxel) volume from the spacing, cm3 = mm3 / 1000; ``ff = F / (W + F)``;
 * low-signal voxels (``W + F`` below ``floor_fraction`` x the 99th percentile of ``W + F`` over
-  the whole volume) are left out of the ff statistics and of the lean/InterMAT volumes;
+  the whole volume) are left out of the ff statistics and of the lean/InterMAT volumes.  True
+  muscle tissue always has signal (proton density >= 0.75 of fat tissue), so no true
+  sub-voxel is low-signal;
 * per muscle: ``volume_cm3`` (all voxels), ``lean_cm3`` (ff < 0.5), ``intermat_cm3``
   (ff >= 0.5), ``intermat_pct = 100 intermat / (lean + intermat)``, ``ff_mean_pct``,
   ``ff_median_pct``, ``ff_lean_mean_pct``, ``n_low_signal`` and ``mercuri_grade`` from
@@ -14,11 +26,15 @@ quantify stage can be checked against it:
 * per participant: ``lmm_cm3 = sum lean_cm3``, ``intermat_pct = 100 sum intermat / sum (lean +
   intermat)``, ``lmm_index = lmm_cm3 / BMI``, ``lesion_load_pct = 100 sum grades / (4 x muscles
   present)``, ``lesion_load_quotient = lesion_load_pct / disease_duration_years``.
+
+In :func:`truth_tables` ``n_voxels`` is the true volume in image voxels (rounded) and
+``n_subvoxels`` the number of true sub-voxels.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -105,7 +121,12 @@ def truth_metrics(
                 "mercuri_grade": mercuri_grade(r) if n_valid else -1,
             }
         )
-    muscle_df = pd.DataFrame(rows)
+    return pd.DataFrame(rows), _participant_row(rows, participant_id, bmi,
+                                                 disease_duration_years)
+
+
+def _participant_row(rows: list[dict], participant_id: str, bmi: float | None,
+                     disease_duration_years: float | None) -> dict:
     present = [r for r in rows if r["mercuri_grade"] >= 0]
     lean_sum = sum(r["lean_cm3"] for r in rows)
     fat_sum = sum(r["intermat_cm3"] for r in rows)
@@ -136,4 +157,102 @@ def truth_metrics(
             part[f"asym_{base}_intermat_pct"] = by[left]["intermat_pct"] - by[right]["intermat_pct"]
         else:
             part[f"asym_{base}_intermat_pct"] = math.nan
-    return muscle_df, part
+    return part
+
+
+@dataclass(frozen=True, eq=False)
+class FineTruth:
+    """The true tissue of a phantom's labelled muscles, from its fine grid.
+
+    ``ff[label]`` holds the noise-free fat fraction of every sub-voxel of muscle ``label``
+    (float32; index 0 unused), ``subvoxel_mm`` the sub-voxel size and ``voxel_mm`` the image
+    voxel size (mm).
+    """
+
+    ff: tuple[np.ndarray, ...]
+    subvoxel_mm: tuple[float, float, float]
+    voxel_mm: tuple[float, float, float]
+
+    def __post_init__(self) -> None:
+        if len(self.ff) != len(MUSCLES) + 1:
+            raise ValueError(f"fine truth: {len(self.ff)} label slots, expected "
+                             f"{len(MUSCLES) + 1} (background + muscles)")
+
+
+def split_by_label(ff: np.ndarray, labels: np.ndarray) -> list[np.ndarray]:
+    """The values of ``ff`` of each muscle label (index 0 = none), in array order."""
+    lab = np.asarray(labels).ravel()
+    sel = (lab >= 1) & (lab <= len(MUSCLES))
+    vals = np.asarray(ff, dtype=np.float32).ravel()[sel]
+    lab = lab[sel]
+    order = np.argsort(lab, kind="stable")
+    counts = np.bincount(lab, minlength=len(MUSCLES) + 1)
+    pieces = np.split(vals[order], np.cumsum(counts)[:-1])
+    pieces[0] = np.zeros(0, dtype=np.float32)
+    return pieces
+
+
+def merge_by_label(parts: list[list[np.ndarray]]) -> tuple[np.ndarray, ...]:
+    """Concatenate :func:`split_by_label` results label by label."""
+    n = len(MUSCLES) + 1
+    return tuple(np.concatenate([p[i] for p in parts]) if parts else np.zeros(0, np.float32)
+                 for i in range(n))
+
+
+def truth_tables(
+    fine: FineTruth,
+    *,
+    participant_id: str,
+    bmi: float | None,
+    disease_duration_years: float | None = None,
+    fat_threshold: float = FAT_THRESHOLD,
+):
+    """The truth tables of one participant from its true tissue.
+
+    Parameters
+    ----------
+    fine : the phantom's true muscle tissue (:attr:`Phantom.truth`).
+    participant_id : written into the tables.
+    bmi : kg/m2, for ``lmm_index`` (NaN when None).
+    disease_duration_years : years, for ``lesion_load_quotient`` (NaN when None or 0).
+    fat_threshold : ff at or above which a sub-voxel is InterMAT.
+
+    Returns
+    -------
+    (pandas.DataFrame, dict)
+        one row per muscle with at least one true sub-voxel (the columns of
+        :data:`schemas.metrics.MUSCLE_METRICS` plus ``n_subvoxels``) and the participant row.
+    """
+    import pandas as pd
+
+    sub_cm3 = float(np.prod(fine.subvoxel_mm)) / 1000.0
+    vox_cm3 = float(np.prod(fine.voxel_mm)) / 1000.0
+    rows = []
+    for m in MUSCLES:
+        v = np.asarray(fine.ff[m.label], dtype=np.float64)
+        n = int(v.size)
+        if n == 0:
+            continue
+        fat = v >= fat_threshold
+        n_fat = int(fat.sum())
+        lean = v[~fat]
+        r = n_fat / n
+        rows.append(
+            {
+                "participant_id": participant_id,
+                "muscle": m.name,
+                "volume_cm3": n * sub_cm3,
+                "lean_cm3": lean.size * sub_cm3,
+                "intermat_cm3": n_fat * sub_cm3,
+                "intermat_pct": 100.0 * r,
+                "ff_mean_pct": 100.0 * float(v.mean()),
+                "ff_median_pct": 100.0 * float(np.median(v)),
+                "ff_lean_mean_pct": 100.0 * float(lean.mean()) if lean.size else math.nan,
+                "n_voxels": int(round(n * sub_cm3 / vox_cm3)),
+                "n_low_signal": 0,
+                "mercuri_grade": mercuri_grade(r),
+                "n_subvoxels": n,
+            }
+        )
+    return pd.DataFrame(rows), _participant_row(rows, participant_id, bmi,
+                                                disease_duration_years)
