@@ -18,6 +18,7 @@ from jobs import (
     segment_cmd,
     stats_cmd,
     synth_cmd,
+    validate_metrics_cmd,
     workdir_cmd,
 )
 
@@ -64,7 +65,7 @@ def main(
 
 
 for _module in (synth_cmd, schema_cmd, ingest_cmd, segment_cmd, quantify_cmd, image_cmd,
-                stats_cmd, run_cmd, cluster_cmd, workdir_cmd):
+                stats_cmd, run_cmd, cluster_cmd, workdir_cmd, validate_metrics_cmd):
     _module.register(app)
 
 if __name__ == "__main__":  # pragma: no cover
