@@ -39,6 +39,17 @@ def _median_iqr(x) -> str:
     return f"{med:.1f} ({q1:.1f}-{q3:.1f})"
 
 
+def high_pain_subset(cohort: pd.DataFrame, among: str, column: str, threshold: float,
+                     outcome: str = "pain_high") -> pd.DataFrame:
+    """The pain-intensity model's table: the rows of ``cohort`` with ``among == 1`` (e.g.
+    CBP), with ``outcome`` = 1.0 where ``column >= threshold`` (e.g. NRS >= 4), 0.0 below and
+    NaN where ``column`` is missing."""
+    sub = cohort[cohort[among] == 1].copy()
+    col = sub[column]
+    sub[outcome] = (col >= threshold).astype(float).where(col.notna())
+    return sub
+
+
 def prevalence_by_activity(cohort: pd.DataFrame, outcome: str = "cbp") -> tuple[pd.DataFrame, dict]:
     """Prevalence of ``outcome`` per activity group, with a chi-square test of independence.
 

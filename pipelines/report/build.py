@@ -482,8 +482,7 @@ def _pain_model(R: ReportPage, ctx: _Context, cohort, fits, scaling: dict | None
     if col not in cohort.columns:
         R.note(f"No {col!r} column: pain-intensity model left out.")
         return
-    sub = cohort[cohort[spec.outcome] == 1].copy()
-    sub["pain_high"] = (sub[col] >= config.pain_threshold).astype(float).where(sub[col].notna())
+    sub = A.high_pain_subset(cohort, spec.outcome, col, config.pain_threshold)
     pspec = replace(spec, outcome="pain_high")
     f = _fit_shown(R, fits, "pain", "Pain-intensity model", sub, pspec, scaling,
                    f"{labels[col].label} ≥ {config.pain_threshold:g} vs < "

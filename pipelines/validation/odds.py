@@ -137,6 +137,7 @@ def refit_on_truth(fit: dict[str, Any], truth_participants: pd.DataFrame,
     from dataclasses import replace
 
     from pipelines.aggregate import build_cohort_table
+    from pipelines.report.analyses import high_pain_subset
     from pipelines.stats import FitResult, cohort_scaling, fit_model
 
     try:
@@ -156,9 +157,8 @@ def refit_on_truth(fit: dict[str, Any], truth_participants: pd.DataFrame,
         if model is not None and model.among and model.from_column:
             scaling = cohort_scaling(table, replace(spec, outcome=model.among))
             threshold = float(((planted or {}).get(model.record) or {}).get("threshold", 4))
-            table = table[table[model.among] == 1].copy()
-            col = table[model.from_column]
-            table[spec.outcome] = (col >= threshold).astype(float).where(col.notna())
+            table = high_pain_subset(table, model.among, model.from_column, threshold,
+                                     outcome=spec.outcome)
         return fit_model(table, spec, scaling=scaling).to_dict()
     except (ValueError, KeyError, RuntimeError, ArithmeticError) as e:
         log.warning("refit of %s on the true exposures failed: %s", spec.outcome, e)
