@@ -528,8 +528,8 @@ def build_cohort(config: SynthConfig, out: Path) -> SynthResult:
                         "ff >= fat_threshold; volumes: cells x cell volume",
             "n_voxels": "true volume / voxel volume, rounded; n_subvoxels: true cells",
             "labels": "truth/labels: per voxel, the label held by most of its cells "
-                      "(background = any non-muscle tissue); ties alternate with voxel "
-                      "parity (i+j+k even: lower label, odd: higher)",
+                      "(background = any non-muscle tissue); a tie goes to the label at the "
+                      "voxel's centre point when it is tied, else to the lowest tied label",
         },
     }, indent=2, default=float))
     files = tuple(f for r in results for f in r["files"])
