@@ -239,19 +239,25 @@ def test_summary_figures_and_headline(cohort):
     assert "NaN" not in (out / "validation.json").read_text()
 
 
+def _true_exposures(seed: int, n: int, sites):
+    """Synthetic true exposures and a covariates frame (site only) of ``n`` participants."""
+    rng = np.random.default_rng(seed)
+    truth = pd.DataFrame({"participant_id": [f"P{i:04d}" for i in range(n)],
+                          "intermat_pct": rng.gamma(4, 1.5, n),
+                          "lmm_index": rng.normal(250, 40, n)})
+    cov = pd.DataFrame({"participant_id": truth["participant_id"],
+                        "site": rng.choice(list(sites), n)}).set_index("participant_id")
+    return rng, truth, cov
+
+
 def test_refit_on_truth_gives_attenuation_1_on_true_exposures(tmp_path):
     """Plumbing of the refit: a 'measured' fit made on the truth itself has attenuation 1
     against the refit, whatever the planted value."""
     from pipelines.stats import ModelSpec, fit_model
     from pipelines.validation.odds import odds_ratio_rows, refit_on_truth
 
-    rng = np.random.default_rng(4)
     n = 300
-    truth = pd.DataFrame({"participant_id": [f"P{i:04d}" for i in range(n)],
-                          "intermat_pct": rng.gamma(4, 1.5, n),
-                          "lmm_index": rng.normal(250, 40, n)})
-    cov = pd.DataFrame({"participant_id": truth["participant_id"],
-                        "site": rng.choice(["A", "B", "C", "D"], n)}).set_index("participant_id")
+    rng, truth, cov = _true_exposures(4, n, "ABCD")
     eta = -0.8 + 0.4 * (truth["intermat_pct"].to_numpy() - 6) / 3
     cov["cbp"] = (rng.random(n) < 1 / (1 + np.exp(-eta))).astype(int)
     spec = ModelSpec(outcome="cbp", exposures=("intermat_pct", "lmm_index"), adjust=(),
@@ -328,14 +334,9 @@ def test_pain_model_against_its_planted_record_and_refit_within_cbp():
     from pipelines.stats import ModelSpec, cohort_scaling, fit_model
     from pipelines.validation.odds import odds_ratio_rows, refit_on_truth
 
-    rng = np.random.default_rng(9)
     n = 400
-    truth = pd.DataFrame({"participant_id": [f"P{i:04d}" for i in range(n)],
-                          "intermat_pct": rng.gamma(4, 1.5, n),
-                          "lmm_index": rng.normal(250, 40, n)})
-    cov = pd.DataFrame({"participant_id": truth["participant_id"],
-                        "site": rng.choice(["A", "B", "C"], n),
-                        "cbp": (rng.random(n) < 0.4).astype(int)}).set_index("participant_id")
+    rng, truth, cov = _true_exposures(9, n, "ABC")
+    cov["cbp"] = (rng.random(n) < 0.4).astype(int)
     nrs = np.clip(np.round(rng.normal(4 + 0.3 * (truth["intermat_pct"].to_numpy() - 6), 2)),
                   1, 10)
     cov["pain_nrs"] = np.where(cov["cbp"] == 1, nrs, np.nan)
