@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -126,20 +127,43 @@ class PreprocessSpec:
 
 @dataclass(frozen=True)
 class InferenceSpec:
-    """Sliding-window settings the model was validated with (roi in voxels)."""
+    """Sliding-window settings the model was validated with (roi in voxels).
+
+    ``mirror``: test-time mirroring, as nnU-Net does: the softmax is averaged with that of
+    the left-right mirrored input (array axis 0 of the RAS+ store), whose ``_left`` and
+    ``_right`` labels are swapped back (:func:`mirror_permutation`).  Twice the inference
+    work; checkpoints without the field do not mirror.
+    """
 
     roi_size: tuple[int, int, int]
     overlap: float = 0.5
     mode: str = "gaussian"
+    mirror: bool = False
 
     def to_json(self) -> dict:
         return {"roi_size": [int(r) for r in self.roi_size], "overlap": float(self.overlap),
-                "mode": self.mode}
+                "mode": self.mode, "mirror": bool(self.mirror)}
 
     @classmethod
     def from_json(cls, d: dict) -> InferenceSpec:
         return cls(tuple(int(r) for r in d["roi_size"]), float(d.get("overlap", 0.5)),
-                   str(d.get("mode", "gaussian")))
+                   str(d.get("mode", "gaussian")), bool(d.get("mirror", False)))
+
+
+def mirror_permutation(vocabulary: Sequence[str]) -> list[int]:
+    """Label index order that swaps every ``X_left`` with ``X_right`` (others stay): the
+    labels of a left-right mirrored image.  Raises ValueError when a side has no partner."""
+    index = {name: i for i, name in enumerate(vocabulary)}
+    perm = list(range(len(vocabulary)))
+    for name, i in index.items():
+        for side, other in (("_left", "_right"), ("_right", "_left")):
+            if name.endswith(side):
+                partner = name[: -len(side)] + other
+                if partner not in index:
+                    raise ValueError(f"label {name!r} has no mirror partner {partner!r} in "
+                                     "the vocabulary")
+                perm[i] = index[partner]
+    return perm
 
 
 @dataclass(frozen=True)

@@ -123,6 +123,36 @@ def sliding_window_logits(
         return inferer(x, model.network)
 
 
+def softmax_probabilities(
+    model: LoadedModel, x: torch.Tensor, *, sw_batch_size: int, overlap: float | None = None,
+    amp: bool = True, mirror: bool | None = None,
+) -> torch.Tensor:
+    """Softmax ``(n_labels, *grid)`` (float32) of a prepared input; with ``mirror`` (default:
+    the checkpoint's) the mean of the input's and of its left-right mirror's (axis 0 of the
+    grid), the mirror's ``_left``/``_right`` channels swapped back."""
+    import torch
+
+    from pipelines.segment.checkpoint import mirror_permutation
+
+    mirror = model.meta.inference.mirror if mirror is None else mirror
+    logits = sliding_window_logits(model, x, sw_batch_size=sw_batch_size, overlap=overlap,
+                                   amp=amp)
+    with torch.inference_mode():
+        probs = torch.softmax(logits.float(), dim=1)[0]
+        del logits
+        if mirror:
+            flipped = sliding_window_logits(model, torch.flip(x, [2]),
+                                            sw_batch_size=sw_batch_size, overlap=overlap,
+                                            amp=amp)
+            back = torch.softmax(flipped.float(), dim=1)[0].flip([1])
+            del flipped
+            perm = torch.as_tensor(mirror_permutation(model.meta.vocabulary),
+                                   device=back.device)
+            probs.add_(back.index_select(0, perm)).mul_(0.5)
+            del back
+    return probs
+
+
 def predict(
     model: LoadedModel,
     arrays: dict[str, np.ndarray],
@@ -131,6 +161,7 @@ def predict(
     sw_batch_size: int = 4,
     overlap: float | None = None,
     amp: bool = True,
+    mirror: bool | None = None,
 ) -> Prediction:
     """Segment one participant.
 
@@ -142,6 +173,8 @@ def predict(
     sw_batch_size : windows per forward pass.
     overlap : sliding-window overlap (default: the checkpoint's).
     amp : float16 autocast on CUDA (ignored on CPU).
+    mirror : average with the left-right mirrored prediction (default: the checkpoint's
+        ``inference.mirror``); twice the network work.
     """
     import torch
     import torch.nn.functional as F
@@ -153,12 +186,10 @@ def predict(
             raise ValueError(f"channel {c!r} has shape {np.asarray(arrays[c]).shape}, "
                              f"{channels[0]!r} has {shape}")
     x, resampled = prepare(arrays, spacing_mm, channels, model.meta.preprocessing, model.device)
-    logits = sliding_window_logits(model, x, sw_batch_size=sw_batch_size, overlap=overlap,
-                                   amp=amp)
+    probs = softmax_probabilities(model, x, sw_batch_size=sw_batch_size, overlap=overlap,
+                                  amp=amp, mirror=mirror)
     del x
     with torch.inference_mode():
-        probs = torch.softmax(logits.float(), dim=1)[0]
-        del logits
         conf, lab = probs.max(0)
         del probs
         n = len(VOCABULARY)

@@ -127,3 +127,12 @@ def test_refuses_weights_that_do_not_fit(tmp_path):
     torch.save(blob, path)
     with pytest.raises(CheckpointError, match="weights do not fit"):
         load_model(path)
+
+
+def test_inference_mirror_round_trips_and_defaults_to_off():
+    from pipelines.segment.checkpoint import InferenceSpec
+
+    spec = InferenceSpec(roi_size=(8, 8, 8), mirror=True)
+    assert InferenceSpec.from_json(spec.to_json()) == spec
+    old = {"roi_size": [8, 8, 8], "overlap": 0.25, "mode": "gaussian"}  # written before
+    assert InferenceSpec.from_json(old).mirror is False
