@@ -30,6 +30,18 @@ def _channels(value: str) -> tuple[str, ...]:
     return chans
 
 
+def _levels(value: str) -> tuple[int, ...]:
+    try:
+        levels = tuple(int(c) for c in value.split(",") if c.strip())
+    except ValueError:
+        raise typer.BadParameter(f"--unet-channels {value!r}: give integers, e.g. "
+                                 "16,32,64,128") from None
+    if len(levels) < 2 or min(levels) < 1:
+        raise typer.BadParameter(f"--unet-channels {value!r}: give at least two positive "
+                                 "sizes, e.g. 16,32,64,128")
+    return levels
+
+
 def train(
     out: Path = typer.Option(..., "--out", help="Checkpoint to write (e.g. MODEL.pt); a model "
                              "card MODEL.json is written beside it."),
@@ -64,6 +76,19 @@ def train(
     init: Path | None = typer.Option(
         None, "--init", help="Start from this checkpoint's weights (fine-tuning or resuming); "
         "its architecture, channels and preprocessing are kept."),
+    init_matching: bool = typer.Option(
+        False, "--init-matching", help="With --init: keep this run's architecture "
+        "(--unet-channels, --num-res-units) and copy only the checkpoint's weights whose "
+        "names and shapes match (e.g. to add a U-Net level); the rest start fresh."),
+    unet_channels: str = typer.Option(
+        "16,32,64,128", "--unet-channels", help="Feature maps per U-Net level, comma-"
+        "separated (one level per entry; the patch must divide by 2 ** (levels - 1)). "
+        "Ignored with --init unless --init-matching."),
+    num_res_units: int = typer.Option(1, "--num-res-units", help="Residual units per U-Net "
+                                      "block (ignored with --init unless --init-matching)."),
+    mirror: bool = typer.Option(
+        True, "--mirror/--no-mirror", help="Mirror half the training patches left-right "
+        "(labels swapped) and have the checkpoint ask for test-time mirroring."),
     full_precision: bool = typer.Option(
         False, "--full-precision", help="Store float32 weights (default float16: half the "
         "file size, loaded back into float32)."),
@@ -88,11 +113,16 @@ def train(
             spacing_mm=(spacing_mm,) * 3, val_every=val_every,
             target_dice=target_dice or None, max_minutes=max_minutes or None,
             num_threads=threads, seed=seed, device=device, half_weights=not full_precision,
+            unet_channels=_levels(unet_channels), num_res_units=num_res_units, mirror=mirror,
         )
+        if init_matching and init is None:
+            raise ValueError("--init-matching needs --init CHECKPOINT")
         if synthetic:
-            result = train_on_phantoms(out, config=config, init_from=init)
+            result = train_on_phantoms(out, config=config, init_from=init,
+                                       init_matching=init_matching)
         else:
-            result = train_store(store, out, config=config, init_from=init)
+            result = train_store(store, out, config=config, init_from=init,
+                                 init_matching=init_matching)
     except ValueError as e:
         error(str(e))
         raise typer.Exit(EXIT_BAD_INPUT) from None

@@ -36,6 +36,7 @@ from pipelines.segment.checkpoint import (
     PreprocessSpec,
     build_network,
     file_sha256,
+    mirror_permutation,
     save_checkpoint,
     software_version,
 )
@@ -75,6 +76,9 @@ class TrainConfig:
     seed : seed of patch sampling and weight initialisation.
     device : "cpu", "cuda", "cuda:N" or "auto".
     half_weights : store the weights in float16 (half the file size).
+    mirror : left-right mirroring: half the training patches are mirrored (their ``_left``
+        and ``_right`` labels swapped) and the checkpoint asks for test-time mirroring
+        (:class:`~pipelines.segment.checkpoint.InferenceSpec`).
     """
 
     epochs: int = 20
@@ -93,6 +97,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     half_weights: bool = True
+    mirror: bool = True
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.steps_per_epoch < 1 or self.batch_size < 1:
@@ -284,9 +289,11 @@ def _prepared_pair(case: Case, channels, spec: PreprocessSpec):
     return x[0], y
 
 
-def _random_patch(x, y, patch, rng: np.random.Generator):
+def _random_patch(x, y, patch, rng: np.random.Generator, mirror_perm=None):
     """A patch of ``patch`` voxels: x/y axes centred with random jitter (zero padding where
-    the volume is smaller), z at a random position."""
+    the volume is smaller), z at a random position; with ``mirror_perm`` (a label index
+    tensor from :func:`~pipelines.segment.checkpoint.mirror_permutation`) mirrored left-right
+    with probability 1/2."""
     import torch
     import torch.nn.functional as F
 
@@ -311,6 +318,9 @@ def _random_patch(x, y, patch, rng: np.random.Generator):
     sl = tuple(slice(s, s + p) for s, p in zip(starts, patch, strict=True))
     xp = x[(slice(None), *sl)]
     yp = y[sl]
+    if mirror_perm is not None and rng.random() < 0.5:
+        xp = xp.flip(1)
+        yp = mirror_perm[yp.flip(0)]
     # intensity augmentation: a global per-channel gain and a mild gamma
     gain = torch.as_tensor(rng.uniform(0.85, 1.15, size=(xp.shape[0], 1, 1, 1)),
                            dtype=xp.dtype)
@@ -332,6 +342,7 @@ def fit(
     pool_size: int = 12,
     refresh_every: int = 2,
     init_from: str | Path | None = None,
+    init_matching: bool = False,
 ) -> TrainResult:
     """Train a model and write its best checkpoint to ``out``.
 
@@ -348,6 +359,9 @@ def fit(
     init_from : a checkpoint to start from (fine-tuning, or resuming a stopped run): its
         architecture, channels, preprocessing and weights are used, and ``config``'s
         architecture settings ignored.
+    init_matching : with ``init_from``, keep ``config``'s architecture instead and copy only
+        the checkpoint's weights whose names and shapes match it (growing a network, e.g.
+        one more U-Net level); the rest start fresh.  Channels and preprocessing must match.
     """
     import torch
     from monai.losses import DiceCELoss
@@ -365,7 +379,8 @@ def fit(
         vocabulary=VOCABULARY,
         channels=tuple(config.channels),
         preprocessing=spec,
-        inference=InferenceSpec(roi_size=tuple(config.patch_size), overlap=0.5, mode="gaussian"),
+        inference=InferenceSpec(roi_size=tuple(config.patch_size), overlap=0.5, mode="gaussian",
+                                mirror=config.mirror),
         training={**training_info, "config": _jsonable(asdict(config))},
         software_version=software_version(),
     )
@@ -374,23 +389,48 @@ def fit(
 
         state, start = read_checkpoint(init_from)
         spec = start.preprocessing
-        meta = ModelMeta(**{
-            **meta.__dict__,
-            "architecture": start.architecture,
-            "architecture_kwargs": start.architecture_kwargs,
-            "channels": start.channels,
-            "preprocessing": spec,
-            "inference": start.inference,
-            "training": {**meta.training, "init_from_sha256": file_sha256(init_from),
-                         "init_from_training": {k: v for k, v in start.training.items()
-                                                if k != "history"}},
-        })
-        config = TrainConfig(**{**config.__dict__, "channels": start.channels,
-                                "patch_size": start.inference.roi_size,
-                                "spacing_mm": spec.spacing_mm})
+        init_info = {"init_from_sha256": file_sha256(init_from),
+                     "init_from_training": {k: v for k, v in start.training.items()
+                                            if k != "history"}}
+        if init_matching:
+            if tuple(start.channels) != tuple(config.channels):
+                raise ValueError(f"checkpoint {init_from} takes channels {list(start.channels)}"
+                                 f", this run {list(config.channels)}: --init-matching needs "
+                                 "the same channels")
+            meta = ModelMeta(**{**meta.__dict__, "preprocessing": spec,
+                                "training": {**meta.training, **init_info}})
+            config = TrainConfig(**{**config.__dict__, "spacing_mm": spec.spacing_mm})
+        else:
+            meta = ModelMeta(**{
+                **meta.__dict__,
+                "architecture": start.architecture,
+                "architecture_kwargs": start.architecture_kwargs,
+                "channels": start.channels,
+                "preprocessing": spec,
+                "inference": InferenceSpec(**{**start.inference.__dict__,
+                                              "mirror": config.mirror}),
+                "training": {**meta.training, **init_info},
+            })
+            config = TrainConfig(**{**config.__dict__, "channels": start.channels,
+                                    "patch_size": start.inference.roi_size,
+                                    "spacing_mm": spec.spacing_mm})
     net = build_network(meta).to(device)
     if init_from is not None:
-        net.load_state_dict({k: v.float() for k, v in state.items()})
+        if init_matching:
+            own = net.state_dict()
+            take = {k: v.float() for k, v in state.items()
+                    if k in own and tuple(own[k].shape) == tuple(v.shape)}
+            net.load_state_dict({**own, **take})
+            n_all = sum(v.numel() for v in own.values())
+            n_take = sum(v.numel() for v in take.values())
+            meta.training["init_matching"] = {"tensors": [len(take), len(own)],
+                                              "weights": [n_take, n_all]}
+            log.info("init from %s: %d of %d tensors (%d of %d weights) match", init_from,
+                     len(take), len(own), n_take, n_all)
+        else:
+            net.load_state_dict({k: v.float() for k, v in state.items()})
+    mirror_perm = (torch.as_tensor(mirror_permutation(meta.vocabulary))
+                   if config.mirror else None)
     opt = torch.optim.AdamW(net.parameters(), lr=config.learning_rate, weight_decay=1e-5)
     total = config.epochs * config.steps_per_epoch
 
@@ -424,7 +464,7 @@ def fit(
         xs, ys = [], []
         for _ in range(config.batch_size):
             x, y = pool[int(rng.integers(len(pool)))]
-            xp, yp = _random_patch(x, y, config.patch_size, rng)
+            xp, yp = _random_patch(x, y, config.patch_size, rng, mirror_perm)
             xs.append(xp)
             ys.append(yp)
         xb = torch.stack(xs).to(device)
@@ -489,7 +529,8 @@ def _jsonable(d: Any) -> Any:
 
 
 def train_on_phantoms(
-    out: str | Path, *, config: TrainConfig, init_from: str | Path | None = None
+    out: str | Path, *, config: TrainConfig, init_from: str | Path | None = None,
+    init_matching: bool = False,
 ) -> TrainResult:
     """Train on fresh synthetic phantoms (seeds from :data:`TRAIN_SEEDS`, validation on
     :data:`VAL_SEEDS`); how the shipped default model is made.  ``init_from``: a checkpoint
@@ -509,7 +550,8 @@ def train_on_phantoms(
         "test_seed_start": TEST_SEED_START,
         "phantom_sampler_version": PHANTOM_SAMPLER_VERSION,
     }
-    return fit(sample, val, out, config=config, training_info=info, init_from=init_from)
+    return fit(sample, val, out, config=config, training_info=info, init_from=init_from,
+               init_matching=init_matching)
 
 
 def train(
@@ -520,6 +562,7 @@ def train(
     validation_fraction: float = 0.2,
     participant_ids: Sequence[str] | None = None,
     init_from: str | Path | None = None,
+    init_matching: bool = False,
 ) -> TrainResult:
     """Train on a store's participants that have ``labels`` (``myocohort train``).
 
@@ -561,4 +604,4 @@ def train(
     }
     return fit(sample, val, out, config=config, training_info=info,
                pool_size=min(12, len(tr)), refresh_every=2 if len(tr) > 12 else 0,
-               init_from=init_from)
+               init_from=init_from, init_matching=init_matching)

@@ -75,6 +75,33 @@ def test_train_command_on_a_labelled_store(tmp_path):
     assert meta2.preprocessing.spacing_mm == (12.0, 12.0, 12.0)
     assert meta2.architecture_kwargs == meta.architecture_kwargs
     assert len(meta2.training["init_from_sha256"]) == 64
+    assert meta2.inference.mirror is True  # the default: mirrored patches, mirrored inference
+    # grow it by one U-Net level: the weights whose names and shapes match are copied (with a
+    # zero learning rate they are still the starting checkpoint's), the rest start fresh
+    out3 = tmp_path / "m3.pt"
+    res = runner.invoke(app, ["train", "--store", str(root), "--out", str(out3), "--init",
+                              str(out), "--init-matching", "--unet-channels",
+                              "16,32,64,128,256", "--learning-rate", "0", "--epochs", "1",
+                              "--steps-per-epoch", "1", "--val-every", "1", "--device", "cpu",
+                              "--threads", "1", "--no-mirror"])
+    assert res.exit_code == 0, res.output
+    s1, _ = read_checkpoint(out)
+    s3, meta3 = read_checkpoint(out3)
+    assert meta3.architecture_kwargs["channels"] == [16, 32, 64, 128, 256]
+    assert meta3.preprocessing == meta.preprocessing and meta3.inference.mirror is False
+    same = [k for k in s3 if k in s1 and s1[k].shape == s3[k].shape]
+    n_tensors, n_all = meta3.training["init_matching"]["tensors"]
+    assert len(same) == n_tensors and 0 < n_tensors < n_all == len(s3)
+    for k in same:
+        torch.testing.assert_close(s3[k], s1[k])
+
+
+def test_train_command_refuses_bad_architecture_options(tmp_path):
+    out = str(tmp_path / "m.pt")
+    res = runner.invoke(app, ["train", "--synthetic", "--out", out, "--init-matching"])
+    assert res.exit_code == 2 and "--init-matching needs --init" in res.output
+    res = runner.invoke(app, ["train", "--synthetic", "--out", out, "--unet-channels", "16,x"])
+    assert res.exit_code == 2 and "--unet-channels" in res.output
 
 
 def test_train_command_needs_labels(tiny_store, tmp_path):
