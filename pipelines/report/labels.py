@@ -78,6 +78,14 @@ _DEFAULTS: dict[str, Variable] = {
     "pain_high": Variable("High pain intensity"),
     "signal_floor": Variable("Signal floor", "a.u."),
     "n_muscles": Variable("Muscles segmented", "n"),
+    # per-muscle metrics (muscle_metrics table)
+    "volume_cm3": Variable("Muscle volume", "cm³", "cm³"),
+    "lean_cm3": Variable("Lean volume", "cm³", "cm³"),
+    "intermat_cm3": Variable("InterMAT volume", "cm³", "cm³"),
+    "ff_mean_pct": Variable("Mean fat fraction", "%", "percentage point"),
+    "ff_median_pct": Variable("Median fat fraction", "%", "percentage point"),
+    "ff_lean_mean_pct": Variable("Lean-tissue fat fraction", "%", "percentage point"),
+    "mercuri_grade": Variable("Mercuri grade", "0-4", "grade"),
 }
 
 

@@ -14,27 +14,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipelines.report.figures import GREY, OKABE_ITO
+from pipelines.report.labels import Labels
 from pipelines.validation.agreement import GRADES, paired
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
     from pipelines.validation.agreement import Agreement
-
-#: Axis label of each compared metric.
-METRIC_LABELS: dict[str, str] = {
-    "volume_cm3": "muscle volume (cm3)",
-    "lean_cm3": "lean volume (cm3)",
-    "intermat_cm3": "InterMAT volume (cm3)",
-    "intermat_pct": "InterMAT (%)",
-    "ff_mean_pct": "mean fat fraction (%)",
-    "ff_median_pct": "median fat fraction (%)",
-    "ff_lean_mean_pct": "lean-tissue fat fraction (%)",
-    "mercuri_grade": "Mercuri grade",
-    "lmm_cm3": "lean muscle mass (cm3)",
-    "lmm_index": "LMM index",
-    "lesion_load_pct": "lesion load (%)",
-}
 
 
 @dataclass(frozen=True)
@@ -47,13 +33,16 @@ class Panel:
     agreement: Agreement
 
 
-def bland_altman_figure(panels: Sequence[Panel], title: str, *, columns: int = 4) -> Figure:
+def bland_altman_figure(panels: Sequence[Panel], title: str, *, columns: int = 4,
+                        labels: Labels | None = None) -> Figure:
     """Bland-Altman plots, one panel per metric: difference (measured - truth) against the
     mean of the two, with the bias (solid) and the limits of agreement (dashed), and the
-    bias, limits and Pearson r written in the panel."""
+    bias, limits and Pearson r written in the panel.  Panel titles are the report's names of
+    the metrics (``labels``: default :class:`~pipelines.report.labels.Labels`)."""
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
+    labels = labels or Labels()
     cols = max(1, min(columns, len(panels)))
     rows = max(1, math.ceil(len(panels) / cols))
     fig = Figure(figsize=(3.4 * cols, 2.9 * rows + 0.4), dpi=100, layout="constrained")
@@ -64,7 +53,7 @@ def bland_altman_figure(panels: Sequence[Panel], title: str, *, columns: int = 4
     for ax, p in zip(axes.ravel(), panels, strict=False):
         m, t = paired(p.measured, p.truth)
         a = p.agreement
-        label = METRIC_LABELS.get(p.metric, p.metric)
+        label = labels.name(p.metric)
         if m.size:
             ax.scatter((m + t) / 2, m - t, s=7, alpha=0.45, color=OKABE_ITO[0], linewidths=0)
         for y, style in ((a.bias, "-"), (a.loa_low, "--"), (a.loa_high, "--")):

@@ -355,3 +355,22 @@ def test_pain_model_against_its_planted_record_and_refit_within_cbp():
     assert rows["intermat_pct"]["truth_fit_or"] == pytest.approx(rows["intermat_pct"]["fitted_or"])
     assert rows["intermat_pct"]["attenuation"] == pytest.approx(
         math.log(rows["intermat_pct"]["fitted_or"]) / math.log(1.5))
+
+
+def test_bland_altman_panels_are_named_in_the_reports_vocabulary():
+    """Figure titles come from the report's Labels (one vocabulary), not a second table."""
+    from pipelines.report.labels import Labels, labels_for
+    from pipelines.validation.figures import Panel, bland_altman_figure
+
+    rng = np.random.default_rng(1)
+    metrics = ["intermat_pct", "volume_cm3", "ff_lean_mean_pct", "lmm_index"]
+    panels = []
+    for metric in metrics:
+        t = rng.normal(10, 2, 30)
+        m = t + rng.normal(0.5, 0.2, 30)
+        panels.append(Panel(metric, m, t, agreement(m, t)))
+    titles = [ax.get_title() for ax in bland_altman_figure(panels, "x").axes if ax.get_title()]
+    assert titles == [Labels().name(m) for m in metrics]
+    assert titles[1] == "Muscle volume, cm³"
+    height = bland_altman_figure(panels, "x", labels=labels_for("height2"))
+    assert "LMM index, cm³/m²" in [ax.get_title() for ax in height.axes]
