@@ -251,12 +251,15 @@ def build_config(cls: type, values: dict[str, Any] | None, *, source: str, secti
 def config_hash(config: Any) -> str:
     """A stable hash of a config dataclass's fields (the ledger's ``config_hash``); fields
     whose metadata says ``ledger: False`` (covered by another part of the key, or not
-    changing any output) are left out."""
+    changing any output) are left out, and so are fields marked ``ledger: "non_default"``
+    while they hold their default (a field added later then leaves existing ledgers valid)."""
     if config is None:
         return ""
     if dataclasses.is_dataclass(config):
         values = {f.name: getattr(config, f.name) for f in dataclasses.fields(config)
-                  if f.metadata.get("ledger", True)}
+                  if f.metadata.get("ledger", True) is True
+                  or (f.metadata.get("ledger") == "non_default"
+                      and getattr(config, f.name) != f.default)}
         return stable_hash(type(config).__name__, _plain(values))
     return stable_hash(type(config).__name__, repr(config))
 

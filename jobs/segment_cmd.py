@@ -151,6 +151,9 @@ def segment(
                                   help="Sliding-window overlap of a MONAI model, in [0, 1) "
                                   "(same Dice as the checkpoint's 0.5 on unseen phantoms, "
                                   "fewer windows)."),
+    mirror: bool | None = typer.Option(
+        None, "--mirror/--no-mirror", help="Test-time left-right mirroring of a MONAI model "
+        "(twice the network work; default: the checkpoint's, on for the shipped model)."),
     force: bool = typer.Option(False, "--force", help="Also re-segment participants whose "
                                "labels came from the manifest (bring your own "
                                "segmentation); by default they are kept."),
@@ -178,7 +181,7 @@ def segment(
     try:
         config = SegmentConfig(
             models=tuple(model or ()), device=device, sw_batch_size=sw_batch_size,
-            overlap=overlap, force=force, download_weights=download_weights,
+            overlap=overlap, mirror=mirror, force=force, download_weights=download_weights,
             model_input=(tuple(c.strip() for c in model_input.split(",") if c.strip())
                          if model_input else None))
         models, _ = resolve_segment_models(config)

@@ -60,6 +60,8 @@ class SegmentConfig:
         shipped model's mean Dice is 0.9444 at 0.25 and 0.9441 at 0.5, with 10 instead of
         14 windows per UK Biobank-sized participant.
     amp : float16 autocast on CUDA for our MONAI models (ignored on CPU).
+    mirror : test-time left-right mirroring of our MONAI models (twice the network work);
+        None uses the checkpoint's (on for the shipped model).
     force : also re-segment participants whose labels came from the manifest (bring your
         own segmentation); by default they are kept.
     cpu_threads : torch CPU threads for inference; None = the Dask worker's thread count
@@ -76,6 +78,7 @@ class SegmentConfig:
     sw_batch_size: int | None = None
     overlap: float | None = 0.25
     amp: bool = True
+    mirror: bool | None = field(default=None, metadata={"ledger": "non_default"})
     force: bool = False
     cpu_threads: int | None = None
 

@@ -89,6 +89,29 @@ def test_run_config_errors_and_hash(tmp_path):
     assert config_hash(ModelSpec()) != config_hash(ModelSpec(nagq=5))
 
 
+def test_config_hash_leaves_out_added_fields_at_their_default():
+    """A field marked ledger: "non_default" is keyed only when set: adding it later leaves
+    every existing ledger valid, and setting it redoes the stage."""
+    import dataclasses
+
+    @dataclasses.dataclass(frozen=True)
+    class Before:
+        a: int = 1
+
+    @dataclasses.dataclass(frozen=True)
+    class After:
+        a: int = 1
+        b: bool | None = dataclasses.field(default=None, metadata={"ledger": "non_default"})
+
+    After.__name__ = Before.__name__  # the same config class, one release later
+    assert config_hash(After()) == config_hash(Before())
+    assert config_hash(After(b=False)) != config_hash(Before())
+    assert config_hash(After(b=True)) != config_hash(After(b=False))
+    from pipelines.segment import SegmentConfig
+
+    assert config_hash(SegmentConfig(mirror=False)) != config_hash(SegmentConfig())
+
+
 def test_parts_are_complete_or_absent(tmp_path):
     mm = pd.DataFrame({"muscle": ["a", "b"], "volume_cm3": [1.0, 2.0]})
     write_part(tmp_path, "P1", mm, {"lmm_cm3": 3.0})

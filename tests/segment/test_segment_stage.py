@@ -53,6 +53,24 @@ def test_segment_participant_writes_labels_and_confidence(tiny_store, tiny_model
     assert st.has_array(tiny_store, "P001", "water")
 
 
+def test_mirror_setting_reaches_the_model(tiny_store, tiny_model):
+    """SegmentConfig.mirror overrides the checkpoint's test-time mirroring (off for the tiny
+    model): the stage writes what predict(mirror=True) gives."""
+    import dataclasses
+
+    from pipelines.segment.inference import predict
+
+    model = load_model(tiny_model)
+    arrays = {c: st.read_array(tiny_store, "P002", c) for c in model.meta.channels}
+    spacing = st.read_attrs(tiny_store, "P002").spacing_mm
+    for mirror in (None, True):
+        segment_participant("P002", store=tiny_store, model_path=tiny_model,
+                            config=dataclasses.replace(CPU, mirror=mirror))
+        want = predict(model, arrays, spacing, sw_batch_size=2, overlap=CPU.overlap,
+                       mirror=bool(mirror)).labels
+        np.testing.assert_array_equal(st.read_array(tiny_store, "P002", "labels"), want)
+
+
 def test_failing_participant_is_recorded_and_the_rest_go_on(tiny_store, tiny_model, tmp_path):
     # corrupt P002's water array on disk: reading it fails
     (tiny_store / "P002" / "water" / "zarr.json").write_text("{ not json")

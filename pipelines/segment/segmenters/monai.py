@@ -67,7 +67,8 @@ class MonaiSegmenter(Segmenter):
 
         batch = config.sw_batch_size or (4 if self.model.device.type == "cuda" else 1)
         pred = predict(self.model, arrays, spacing_mm, sw_batch_size=batch,
-                       overlap=config.overlap, amp=config.amp)
+                       overlap=config.overlap, amp=config.amp,
+                       mirror=getattr(config, "mirror", None))
         meta = self.model.meta
         return SegmentOutput(pred.labels, pred.confidence, {
             "model": self.model.short_id,
