@@ -1,8 +1,9 @@
 """The shipped default model: small, self-describing, and accurate on phantoms it never saw.
 
-This is the test behind the README's figure: mean Dice over the 18 muscles on
+This is the test behind the README's figure: mean Dice over the 18 muscles on 40
 synthetic participants drawn from seeds at or above the test range recorded in the checkpoint
-(never used in training or validation), through the full store -> segment -> labels path.
+(never used in training or validation; the checkpoint records the same figure), through the
+full store -> segment -> labels path with the stage's defaults (test-time mirroring on).
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from pipelines.segment.training import (
 )
 from schemas.layout import GroupAttrs
 
-TEST_SEEDS = (TEST_SEED_START + 11, TEST_SEED_START + 12, TEST_SEED_START + 13)
+# Forty seeds, so that the share of myopathic phantoms (30 % by design, the hard ones) is
+# near its expectation: three seeds once held two myopathic ones and read 0.87.
+TEST_SEEDS = tuple(range(TEST_SEED_START + 100, TEST_SEED_START + 140))
 
 
 def segment_cohort(store, ids, *, model_path=None, config=None, **kw):
@@ -52,6 +55,10 @@ def test_default_model_is_small_and_describes_itself():
     assert tr["test_seed_start"] == TEST_SEED_START
     assert (lo, hi) == TRAIN_SEEDS and tuple(tr["validation_seeds"]) == VAL_SEEDS
     assert meta.validation["mean_dice"] >= 0.90
+    assert meta.inference.mirror, "the shipped model is meant to be run with mirroring"
+    test = meta.validation["test"]
+    assert test["seeds"] == [min(TEST_SEEDS), max(TEST_SEEDS) + 1]
+    assert test["mean_dice"] >= 0.90
     assert DEFAULT_MODEL_PATH.with_suffix(".json").is_file()
 
 
@@ -87,11 +94,11 @@ def test_default_model_dice_on_unseen_phantoms(tmp_path):
     mean_per_muscle = {m: float(np.mean(v)) for m, v in per_muscle.items()}
     mean = float(np.mean(list(mean_per_muscle.values())))
     worst = sorted(mean_per_muscle.items(), key=lambda kv: kv[1])[:3]
-    print(f"default model: mean Dice {mean:.4f} over 18 muscles on seeds {TEST_SEEDS}; "
+    print(f"default model: mean Dice {mean:.4f} over 18 muscles on seeds {min(TEST_SEEDS)}.."
+          f"{max(TEST_SEEDS)}; "
           f"lowest {worst}")
-    # The goal is 0.90 (issue 16). On the continuous-fat, partial-volume phantoms the shipped
-    # model, fine-tuned for about 80 min on 2 CPU cores, reaches 0.87 on unseen seeds (0.903 on its
-    # validation seeds): the goal is not met yet (README, docs/segment.md). This floor catches a
-    # regression below what is shipped; raise it to 0.90 with the next model.
-    assert mean >= 0.85, f"mean Dice {mean:.4f} < 0.85; lowest muscles {worst}"
+    # The goal (issue 16) is 0.90; the checkpoint's recorded figure is what this recomputes.
+    assert mean >= 0.90, f"mean Dice {mean:.4f} < 0.90; lowest muscles {worst}"
+    recorded = read_checkpoint(DEFAULT_MODEL_PATH)[1].validation["test"]["mean_dice"]
+    assert abs(mean - recorded) < 2e-3, (mean, recorded)
     assert min(mean_per_muscle.values()) >= 0.75, worst
